@@ -1,0 +1,49 @@
+"""``dcd-deploy``: each command parses its options, calls one library function, prints a summary.
+
+Exit codes (all commands): 0 success, 1 parity failure, 2 usage or input error, 3 a requested
+execution provider is unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import click
+
+import dcd_deploy
+
+COMMAND_MODULES = ["inspect", "archs", "export", "parity", "bench"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(dcd_deploy.__version__, prog_name="dcd-deploy")
+def cli() -> None:
+    """Ship Dynamic Convolution Decomposition (DCD) networks through ONNX.
+
+    Load a trained DCD checkpoint, lower its dynamic layers into static ONNX-friendly subgraphs,
+    export ONNX, prove parity on ONNX Runtime, and measure latency.
+    """
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"dcd_deploy_cli.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"dcd_deploy_cli.commands.{name}":
+                continue  # command not built yet
+            raise
+        cli.add_command(module.command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    cli(prog_name="dcd-deploy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Build the right network for a checkpoint and load it (strictly)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .archinfer import check_given_architecture, infer_architecture, shape_mismatch
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import ArchitectureError, CheckpointError
+from .zoo import get_arch
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A network in eval mode with its weights, and how it was chosen."""
+
+    model: nn.Module
+    arch: str  # registry name, or 'custom:package.module:factory'
+    options: dict[str, Any]
+    inferred: bool
+    notes: list[str]
+    checkpoint: Checkpoint
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        how = "inferred from the checkpoint" if self.inferred else "as given"
+        return f"{self.arch} ({opts}) {how}"
+
+
+def parse_model_args(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` strings to keyword arguments, values read as Python literals when they parse."""
+    import ast
+
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ArchitectureError(f"--model-arg {pair!r} is not key=value.", "Write it as e.g. --model-arg num_classes=10.")
+        try:
+            args[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            args[key] = value
+    return args
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """Import ``package.module:factory``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ArchitectureError(f"--model {spec!r} is not of the form package.module:factory.", "Example: --model mynet.models:build_net.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArchitectureError(
+            f"Cannot import {module_name!r} for --model {spec} ({exc}).",
+            "Install the package or run from the folder that contains it (it must be on PYTHONPATH).",
+        ) from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ArchitectureError(f"Module {module_name!r} has no attribute {attr!r}.", "Check the name after the colon in --model.")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ArchitectureError(f"{spec} is not callable.", "--model must name a function or class that returns an nn.Module.")
+    return factory
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    problem = shape_mismatch(expected, sd)
+    if problem:
+        missing = [k for k in expected if k not in sd]
+        unexpected = [k for k in sd if k not in expected]
+        counts = f" ({len(missing)} missing, {len(unexpected)} unexpected keys)" if missing or unexpected else ""
+        raise CheckpointError(
+            f"The checkpoint does not fit {what}: {problem}{counts}.",
+            "Make sure the checkpoint and the network come from the same training run and options.",
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(
+    checkpoint: str | os.PathLike | Checkpoint,
+    arch: str | None = None,
+    options: dict[str, Any] | None = None,
+    model_factory: str | Callable[..., nn.Module] | None = None,
+    model_args: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Build the network a checkpoint needs and load its weights strictly; returns it in eval mode.
+
+    With neither ``arch`` nor ``model_factory`` the architecture and its options are inferred.
+    With ``arch``, the options given are checked against the file (missing ones are inferred).
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    options = dict(options or {})
+    sd = ckpt.state_dict
+    if model_factory is not None:
+        if arch is not None:
+            raise ArchitectureError("Both --arch and --model were given.", "Use --arch for a registered network, --model for your own.")
+        factory = resolve_factory(model_factory) if isinstance(model_factory, str) else model_factory
+        name = model_factory if isinstance(model_factory, str) else getattr(factory, "__qualname__", repr(factory))
+        try:
+            model = factory(**(model_args or {}))
+        except TypeError as exc:
+            raise ArchitectureError(f"Calling {name} failed: {exc}.", "Check the --model-arg values against its signature.") from None
+        if not isinstance(model, nn.Module):
+            raise ArchitectureError(f"{name} returned a {type(model).__name__}, not an nn.Module.", "--model must build the network.")
+        load_state_dict_strict(model, sd, f"the network built by {name}")
+        return LoadedModel(model.eval(), f"custom:{name}", dict(model_args or {}), False, [], ckpt)
+
+    if ckpt.module is not None and arch is None:
+        model = ckpt.module
+        return LoadedModel(model.eval(), f"pickled:{type(model).__qualname__}", {}, False,
+                           ["the whole module was unpickled from the checkpoint"], ckpt)
+
+    notes: list[str] = []
+    if arch is None:
+        if options:
+            raise ArchitectureError(
+                f"Options {', '.join(options)} were given without --arch.", "Pass --arch too, or omit the options to infer them."
+            )
+        guess = infer_architecture(sd)
+        arch, options, notes, inferred = guess.arch, guess.options, guess.notes, True
+    else:
+        spec = get_arch(arch)
+        given = set(options)
+        try:
+            guess = infer_architecture(sd)
+            if guess.arch == arch:
+                options = {**{k: v for k, v in guess.options.items() if k not in given}, **options}
+                notes = [n for n in guess.notes if n.split("=")[0] not in given]
+        except ArchitectureError:
+            pass
+        options = {**spec.defaults, **options}
+        check_given_architecture(sd, arch, options)
+        inferred = False
+    model = get_arch(arch).build(**options)
+    load_state_dict_strict(model, sd, arch)
+    return LoadedModel(model.eval(), arch, options, inferred, notes, ckpt)
