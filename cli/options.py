@@ -54,6 +54,24 @@ def pop_loading(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in LOADING_KEYS}
 
 
+def parse_input_size(_ctx: Any, _param: Any, value: str | int) -> tuple[int, int]:
+    """``224`` or ``224x192`` (height x width) to ``(height, width)``."""
+    try:
+        parts = [int(v) for v in str(value).lower().replace("×", "x").replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise click.BadParameter(f"{value!r} is not a size; write 224 or 224x192 (height x width).")
+    return parts[0], parts[1]
+
+
+def input_size_option(default: str = "224", help: str = "Input height and width (N or HxW).") -> Callable:
+    return click.option("--input-size", default=default, show_default=True, callback=parse_input_size,
+                        metavar="N|HxW", help=help)
+
+
 def providers_option(default: str = "cpu") -> Callable:
     return click.option("--providers", default=default, show_default=True, metavar="LIST",
                         help="Comma-separated ONNX Runtime execution providers: cpu, cuda (or full names).")

@@ -17,7 +17,8 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import zipfile
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,13 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The network inside DataParallel / DistributedDataParallel wrappers (pickled whole while training)."""
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module
+    return module
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) for k in obj
@@ -96,6 +104,88 @@ def _not_a_checkpoint(path: Path, detail: str) -> CheckpointError:
     )
 
 
+def _corrupt(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint file {path} is truncated or corrupt ({detail}).",
+        "The download or copy was probably interrupted: copy the file again and compare its size or checksum.",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an exception: its first line, and only the first sentence of a long one."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0].strip()
+    if len(line) > 120 and ". " in line:
+        line = line.split(". ")[0]
+    return line.rstrip(".")
+
+
+# torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle stream that
+# starts with a magic number (protocol 2: PROTO 2, LONG1 of 10 bytes).
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"
+PICKLE_PROTO = 0x80
+
+
+def _sniff(path: Path) -> str:
+    """'zip', 'legacy' (torch.save's old format) or 'pickle'; raise for anything torch.save never writes."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy"
+    if head[:1] == bytes([PICKLE_PROTO]):
+        return "pickle"
+    if head.startswith(b"PK"):
+        raise _corrupt(path, "the zip archive's first entry is damaged")
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # 64 bytes may end inside a character
+    if text and all(c.isprintable() and c != "\ufffd" or c in "\t\r\n" for c in text):
+        what = f"it is a text file starting with {text.splitlines()[0][:40]!r}"
+    else:
+        what = f"it starts with bytes {head[:8].hex(' ')}, not the zip archive or pickle stream torch.save writes"
+    raise _not_a_checkpoint(path, what)
+
+
+def _unsafe_global(message: str) -> str | None:
+    """The global a weights_only load refused, when that is why it failed (else None)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    return m.group(1).rstrip(".,") if m else None
+
+
+def _read_error(path: Path, exc: BaseException, kind: str) -> CheckpointError:
+    """Classify an exception raised by torch.load on a file of ``kind`` (see :func:`_sniff`)."""
+    text = _first_line(exc)
+    full = str(exc)
+    if isinstance(exc, PermissionError):
+        return CheckpointError(f"Checkpoint file {path} cannot be read (permission denied).",
+                               "Check the file's permissions, or copy it somewhere you can read.")
+    if kind == "zip" and ("data.pkl" in full or "not in a subdirectory" in full):
+        return _not_a_checkpoint(path, "it is a zip archive, but not one written by torch.save")
+    if kind == "pickle" and not isinstance(exc, EOFError) and "truncated" not in full:
+        # A pickle stream without torch.save's header: the safe unpickler stops at an unknown opcode.
+        return _not_a_checkpoint(path, "it is a pickle, but not one written by torch.save")
+    # A file that starts like torch.save output but cannot be read to the end.
+    return _corrupt(path, "the data ends early" if isinstance(exc, EOFError) else text)
+
+
+def _load_trusted(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise CheckpointError(
+            f"{path} holds a pickled object whose class cannot be imported here ({_first_line(exc)}).",
+            "Unpickling a whole module needs the code that defined it: run from the project that saved it "
+            "(or put it on PYTHONPATH); better, re-save it as torch.save({'state_dict': model.state_dict()}, path).",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - anything unpickling raises is a problem with the file
+        raise _read_error(path, exc, _sniff(path)) from None
+
+
 def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
     """Read ``path`` into a :class:`Checkpoint`, raising :class:`CheckpointError` with a fix."""
     path = Path(path)
@@ -106,33 +196,33 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint file {path} is empty.", "Copy the checkpoint again; the file holds no data.")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        kind = _sniff(path)
+    except PermissionError as exc:
+        raise _read_error(path, exc, "unknown") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise _not_a_checkpoint(path, f"unpickling failed: {str(exc).splitlines()[0]}") from None
+        refused = _unsafe_global(str(exc))
+        if refused is None:
+            raise _read_error(path, exc, kind) from None
         if not trust_pickle:
             raise CheckpointError(
-                f"{path} holds Python objects beyond tensors (most likely a whole pickled model), "
+                f"{path} holds Python objects beyond tensors ({refused}; most likely a whole pickled model), "
                 "and loading them would run code from the file.",
                 "If you trust its author, pass --trust-pickle (trust_pickle=True in Python); better, "
                 "re-save it as torch.save({'state_dict': model.state_dict()}, path).",
             ) from None
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001 - anything unpickling raises is a bad file
-            raise _not_a_checkpoint(path, f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "failed finding central directory" in text or "EOF" in text or isinstance(exc, EOFError):
-            raise CheckpointError(
-                f"Checkpoint file {path} is truncated or corrupt ({text}).",
-                "The download or copy was probably interrupted: copy the file again and compare its size or checksum.",
-            ) from None
-        raise _not_a_checkpoint(path, text) from None
+        raw = _load_trusted(path)
+    except Exception as exc:  # noqa: BLE001 - torch.load failing on a user's file is a problem with the file
+        raise _read_error(path, exc, kind) from None
 
     digest = sha256_of(path)
     if isinstance(raw, nn.Module):
-        return Checkpoint(path, clean_state_dict(raw.state_dict()), {"format": "pickled module"}, raw, digest)
+        raw = unwrap_module(raw)
+        meta = {"format": f"pickled module ({type(raw).__qualname__})"}
+        return Checkpoint(path, clean_state_dict(raw.state_dict()), meta, raw, digest)
     if not isinstance(raw, Mapping):
         raise _not_a_checkpoint(path, f"it holds a {type(raw).__name__}")
 
@@ -143,7 +233,8 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
             if isinstance(inner, nn.Module):
                 if not trust_pickle:  # pragma: no cover - weights_only=True cannot return modules
                     raise CheckpointError(f"{path}['{key}'] is a pickled module.", "Pass --trust-pickle.")
-                meta["format"] = f"pickled module under '{key}'"
+                inner = unwrap_module(inner)
+                meta["format"] = f"pickled module ({type(inner).__qualname__}) under '{key}'"
                 return Checkpoint(path, clean_state_dict(inner.state_dict()), meta, inner, digest)
             if _is_state_dict(inner):
                 prefixed = any(k.startswith("module.") for k in inner)

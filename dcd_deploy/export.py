@@ -30,8 +30,9 @@ from .loading import LoadedModel
 from .lowering import RewriteReport, lower_model, relative_error
 
 DEFAULT_OPSET = 17
-# Self-check thresholds on max|ort − torch| / max|torch| against the ORIGINAL PyTorch model.
-SELF_CHECK_RTOL = {"float32": 1e-4, "float16": 2e-2}
+# Self-check thresholds on max|ort − torch| / max|torch| against the ORIGINAL PyTorch model. Float16
+# keeps an 11-bit mantissa (~5e-4 per rounding) and the error compounds over ~50 layers.
+SELF_CHECK_RTOL = {"float32": 1e-4, "float16": 5e-2}
 
 
 class SelfCheckFailed(DcdDeployError):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .archinfer import check_given_architecture, infer_architecture, shape_mismatch
+from .archinfer import (
+    build_uninitialised, check_given_architecture, guess_architecture, infer_architecture, shape_mismatch,
+)
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ArchitectureError, CheckpointError
 from .zoo import get_arch
@@ -50,16 +53,24 @@ def parse_model_args(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def resolve_factory(spec: str) -> Callable[..., nn.Module]:
-    """Import ``package.module:factory``."""
+    """Import ``package.module:factory`` (the current folder is searched too, as ``python -m`` does)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ArchitectureError(f"--model {spec!r} is not of the form package.module:factory.", "Example: --model mynet.models:build_net.")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ArchitectureError(
             f"Cannot import {module_name!r} for --model {spec} ({exc}).",
-            "Install the package or run from the folder that contains it (it must be on PYTHONPATH).",
+            "Install the package, or run from the folder that contains it (or add that folder to PYTHONPATH).",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while being imported
+        raise ArchitectureError(
+            f"Importing {module_name!r} for --model {spec} failed with {type(exc).__name__}: {exc}.",
+            "Fix the error in that module (run `python -c 'import " + module_name + "'` to see where it is).",
         ) from None
     factory = module
     for part in attr.split("."):
@@ -106,19 +117,38 @@ def load_model(
             raise ArchitectureError("Both --arch and --model were given.", "Use --arch for a registered network, --model for your own.")
         factory = resolve_factory(model_factory) if isinstance(model_factory, str) else model_factory
         name = model_factory if isinstance(model_factory, str) else getattr(factory, "__qualname__", repr(factory))
+        if options:
+            flags = ", ".join("--" + k.replace("_", "-") for k in options)
+            raise ArchitectureError(
+                f"{flags} set options of registered architectures, not of --model {name}.",
+                "Pass your factory's arguments with --model-arg, e.g. --model-arg num_classes=10.",
+            )
         try:
             model = factory(**(model_args or {}))
-        except TypeError as exc:
-            raise ArchitectureError(f"Calling {name} failed: {exc}.", "Check the --model-arg values against its signature.") from None
+        except Exception as exc:  # noqa: BLE001 - the user's factory failed on the arguments given
+            raise ArchitectureError(
+                f"Calling {name}({', '.join(f'{k}={v!r}' for k, v in (model_args or {}).items())}) failed with "
+                f"{type(exc).__name__}: {exc}.",
+                "Check the --model-arg values against its signature.",
+            ) from None
         if not isinstance(model, nn.Module):
             raise ArchitectureError(f"{name} returned a {type(model).__name__}, not an nn.Module.", "--model must build the network.")
         load_state_dict_strict(model, sd, f"the network built by {name}")
         return LoadedModel(model.eval(), f"custom:{name}", dict(model_args or {}), False, [], ckpt)
 
+    if model_args:
+        raise ArchitectureError("--model-arg was given without --model.",
+                                "Use --model-arg only with --model package.module:factory.")
+
     if ckpt.module is not None and arch is None:
         model = ckpt.module
-        return LoadedModel(model.eval(), f"pickled:{type(model).__qualname__}", {}, False,
-                           ["the whole module was unpickled from the checkpoint"], ckpt)
+        unpickled = [f"the whole module ({type(model).__module__}.{type(model).__qualname__}) was unpickled from the checkpoint"]
+        try:
+            fit = infer_architecture(sd)
+            unpickled.append(f"its weights fit {fit.arch} ({', '.join(f'{k}={v}' for k, v in fit.options.items())})")
+        except ArchitectureError:
+            pass
+        return LoadedModel(model.eval(), f"pickled:{type(model).__qualname__}", {}, False, unpickled, ckpt)
 
     notes: list[str] = []
     if arch is None:
@@ -132,8 +162,8 @@ def load_model(
         spec = get_arch(arch)
         given = set(options)
         try:
-            guess = infer_architecture(sd)
-            if guess.arch == arch:
+            guess = guess_architecture(sd)  # unverified: check_given_architecture below names any difference
+            if guess is not None and guess.arch == arch:
                 options = {**{k: v for k, v in guess.options.items() if k not in given}, **options}
                 notes = [n for n in guess.notes if n.split("=")[0] not in given]
         except ArchitectureError:
@@ -141,6 +171,9 @@ def load_model(
         options = {**spec.defaults, **options}
         check_given_architecture(sd, arch, options)
         inferred = False
-    model = get_arch(arch).build(**options)
+    saved_arch = ckpt.metadata.get("arch")
+    if isinstance(saved_arch, str) and saved_arch != arch:
+        notes.append(f"the checkpoint's own 'arch' entry says {saved_arch!r}; its keys and shapes fit {arch}")
+    model = build_uninitialised(arch, options)  # every parameter is overwritten by the strict load
     load_state_dict_strict(model, sd, arch)
     return LoadedModel(model.eval(), arch, options, inferred, notes, ckpt)

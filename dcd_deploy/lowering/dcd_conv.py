@@ -114,9 +114,9 @@ class DcdConvFamily:
         if (p.in_channels, p.out_channels) != (dim, c_out):
             return Mismatch(f, f"{p_name} maps {p.in_channels}→{p.out_channels} but L={dim} and C_out={c_out}")
         if not is_foldable_bn(module.bn1, dim, 2):
-            return Mismatch(f, f"bn1 is not an eval-mode BatchNorm2d({dim}) with running statistics")
+            return Mismatch(f, f"bn1 is not a BatchNorm2d({dim}) with running statistics")
         if not is_foldable_bn(module.bn2, dim, 1):
-            return Mismatch(f, f"bn2 is not an eval-mode BatchNorm1d({dim}) with running statistics")
+            return Mismatch(f, f"bn2 is not a BatchNorm1d({dim}) with running statistics")
         pool = _pool_size(module.avg_pool)
         if pool is None:
             return Mismatch(f, f"avg_pool is {module.avg_pool!r}, expected AdaptiveAvgPool2d(1) or (2)")

@@ -48,7 +48,7 @@ class DcdHeadFamily:
             return Mismatch(f, f"cls_p is not a bias-free Linear({dim}, {c_out})")
         for name in ("bn1", "bn2"):
             if not is_foldable_bn(getattr(module, name), dim, 1):
-                return Mismatch(f, f"{name} is not an eval-mode BatchNorm1d({dim}) with running statistics")
+                return Mismatch(f, f"{name} is not a BatchNorm1d({dim}) with running statistics")
         squeeze, bad = match_attention(module, c_in, f)
         if bad:
             return bad

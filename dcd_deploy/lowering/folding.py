@@ -36,7 +36,6 @@ def is_foldable_bn(module: nn.Module, channels: int, dims: int = 2) -> bool:
         and module.num_features == channels
         and module.track_running_stats
         and module.running_mean is not None
-        and not module.training
     )
 
 

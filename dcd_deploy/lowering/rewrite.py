@@ -203,7 +203,7 @@ def lower_model(
     captured = _capture_inputs(model, [f.path for f in matched], example_input)
 
     try:
-        gm: fx.GraphModule | None = fx.GraphModule(model, _LeafTracer({id(f.module) for f in matched}).trace(model))
+        gm: fx.GraphModule | None = fx.GraphModule(model, _LeafTracer({id(f.module) for f in found}).trace(model))
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph-level folding
         gm = None
         report.notes.append(
@@ -227,7 +227,10 @@ def lower_model(
         bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
         in_shape = tuple(x.shape)
         if info.family == "dcd_conv":
-            form = choose_form(info, in_shape)
+            if getattr(choose_form, "wants_layer", False):
+                form = choose_form(info, in_shape, layer=f.module)
+            else:
+                form = choose_form(info, in_shape)
             options = ConvLowering(form, None if dynamic_size else (in_shape[2], in_shape[3]))
         else:
             form, options = "gemm", None

@@ -32,7 +32,7 @@ def _set_stats(bn: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
 
 @torch.no_grad()
 def calibrate_batchnorm(
-    model: nn.Module, input_size: int = 64, batch_size: int = 16, seed: int = 0, dynamic_gain: float = 0.2
+    model: nn.Module, input_size: int = 64, batch_size: int = 8, seed: int = 0, dynamic_gain: float = 0.2
 ) -> nn.Module:
     """Set every BatchNorm's running statistics from one random batch; returns ``model`` in eval mode."""
     gen = torch.Generator().manual_seed(seed)
