@@ -71,6 +71,17 @@ class ExportResult:
     def node_count(self) -> int:
         return sum(self.ops.values())
 
+    # The result reads as its rewrite report too: ``dcd_deploy.export(...)`` "returns the report".
+    @property
+    def layers(self):
+        return self.report.layers
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+    def __bool__(self) -> bool:
+        return bool(self.report) and (self.self_check is None or bool(self.self_check))
+
 
 def _as_hw(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(input_size, int):

@@ -132,7 +132,8 @@ class Inspection:
         lines.append(f"             format: {ck.get('format', 'unknown')}; {ck.get('tensors', '?')} tensors")
         if ck.get("sha256"):
             lines.append(f"             sha256: {ck['sha256']}")
-        meta = [f"{k}={ck[k]}" for k in ("arch", "epoch", "best_prec1", "best_acc1") if k in ck]
+        meta = [f"{k}={ck[k]:.6g}" if isinstance(ck[k], float) else f"{k}={ck[k]}"
+                for k in ("arch", "epoch", "best_prec1", "best_acc1") if k in ck]
         if ck.get("has_optimizer_state"):
             meta.append("optimizer state included")
         if meta:

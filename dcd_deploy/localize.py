@@ -288,8 +288,7 @@ def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: 
         else:
             verdict = (f"{first.path} receives the same input but computes a different output: the layer itself "
                        "diverges in ONNX Runtime.")
-        layer_module = lowered.get_submodule(first.path)
-        weight_diffs = _weight_diffs(onnx_file.proto, layer_module, first.path)
+        weight_diffs = _weight_diffs(onnx_file.proto, lowered.get_submodule(first.path), first.path)
         if weight_diffs:
             verdict += (" Its weights in the ONNX file differ from the checkpoint's: the file was not exported from this "
                         "checkpoint, or was modified since.")
@@ -300,6 +299,10 @@ def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: 
         verdict = (f"every DCD layer and the final output match within {threshold:.0e} in this run; the failure comes "
                    "from small differences that add up, or does not reproduce when intermediate tensors are exposed "
                    "(ONNX Runtime then fuses fewer ops).")
+    changed = [path for path in paths if _weight_diffs(onnx_file.proto, lowered.get_submodule(path), path)]
+    if changed:
+        notes.append(f"the ONNX weights of {len(changed)} of {len(paths)} DCD layers differ from the checkpoint's "
+                     f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
     if lowered_vs_original > threshold:
         notes.append(f"the lowered PyTorch model itself differs from the original by {_fmt(lowered_vs_original)} "
                      "(a lowering problem, not an ONNX Runtime one)")

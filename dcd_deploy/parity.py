@@ -14,9 +14,12 @@ Default tolerances follow the precision the provider actually computes in::
     float16, tf32    rtol 1e-2   atol 2e-2 · max|r|
 
 ``max|r|`` is the largest finite magnitude of that output over all samples, so atol follows the
-scale of the logits. The atol factor is the export self-check's threshold
-(:data:`dcd_deploy.export.SELF_CHECK_RTOL`), so a file that passed its export self-check is not
-rejected here on the same provider for the same reason. The precision is the file's
+scale of the logits. Measured on the trained w025 sample model (16 sample inputs, CPU): float32
+max|o − r| ≈ 1e-6·max|r|, float16 ≈ 2e-3·max|r|, so the defaults leave a margin of 10× or more
+while a 5% change of one DCD layer's weights (≈ 3e-2·max|r| there) fails float32 clearly. The
+loose float16 tolerance cannot see such a change; that is the precision's limit, not a choice
+(run the float32 export too). These are parity's own values, deliberately not tied to the export
+self-check's threshold, which is a sanity check at export time. The precision is the file's
 ``dcd_deploy.precision`` metadata (else the dtype most of its float initializers have); a float32
 file on CUDA counts as ``tf32`` while the provider's ``use_tf32`` option is on (ONNX Runtime's
 default): TF32 rounds MatMul/Conv operands to float16's 10-bit mantissa. ``atol``/``rtol`` given
@@ -49,18 +52,17 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .export import SELF_CHECK_RTOL
 from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, InputSpec, batches, check_shape, input_spec, load_inputs
 from .loading import LoadedModel
 
 SCHEMA = "dcd-deploy/parity/1"
 REL_FLOOR = 1e-3
 TOPK = 5
-# Default (rtol, atol factor of max|ref|) per computing precision.
+# Default (rtol, atol factor of max|ref|) per computing precision (see the module docstring).
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float32": (1e-4, SELF_CHECK_RTOL["float32"]),
-    "float16": (1e-2, SELF_CHECK_RTOL["float16"]),
-    "tf32": (1e-2, SELF_CHECK_RTOL["float16"]),
+    "float32": (1e-4, 1e-4),
+    "float16": (1e-2, 2e-2),
+    "tf32": (1e-2, 2e-2),
 }
 _OFF = ("0", "false", "no", "off")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -75,14 +76,16 @@ def command(model: str, checkpoint: str, providers: str, provider_option: tuple[
 
     Exit status: 0 pass, 1 parity failure, 2 usage or input error, 3 provider unavailable.
     """
-    from dcd_deploy.errors import ParityFailure
-    from dcd_deploy.inputs import IMAGENET_MEAN, IMAGENET_STD
-    from dcd_deploy.inputs import load_inputs
+    from dcd_deploy.errors import InputError, ParityFailure
+    from dcd_deploy.inputs import IMAGENET_MEAN, IMAGENET_STD, load_inputs
     from dcd_deploy.parity import check_parity, parse_provider_options, read_onnx, resolve_providers
 
     to_stdout = json_path == "-"
     echo = (lambda msg="": click.echo(msg, err=True)) if to_stdout else click.echo  # noqa: E731
     # cheapest checks first: providers (exit 3), the ONNX file and the inputs, then the checkpoint
+    if json_path and not to_stdout and not Path(json_path).resolve().parent.is_dir():
+        raise InputError(f"The folder of --json {json_path} does not exist.",
+                         "Create it first or choose another path.")
     names = resolve_providers(providers)
     options = parse_provider_options(provider_option)
     onnx_file = read_onnx(model)

@@ -214,7 +214,7 @@ def lower_model(
 
     from tqdm.auto import tqdm
 
-    for f in tqdm(found, desc="lowering", unit="layer", disable=not progress, leave=False):
+    for f in tqdm(found, desc="lowering", unit="layer", disable=None if progress else True, leave=False):
         if isinstance(f.match, Mismatch):
             report.layers.append(LayerRewrite(f.path, f.family, None, False, f"not a DCD layer as published: {f.match.reason}"))
             continue
