@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dcd_deploy.export import export
+from dcd_deploy.onnx_export import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import torch
 
-from dcd_deploy.export import export, simplify
+from dcd_deploy.onnx_export import export, simplify
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime import create_session
 from dcd_deploy.sysinfo import machine, versions

@@ -6,14 +6,13 @@ execution provider is unavailable.
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import click
 
 import dcd_deploy
 
-COMMAND_MODULES = ["inspect", "archs", "export", "parity", "bench"]
+from .commands import archs, bench, export, inspect, parity
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -27,18 +26,8 @@ def cli() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def _register_commands() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"dcd_deploy_cli.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"dcd_deploy_cli.commands.{name}":
-                continue  # command not built yet
-            raise
-        cli.add_command(module.command)
-
-
-_register_commands()
+for _module in (archs, inspect, export, parity, bench):
+    cli.add_command(_module.command)
 
 
 def main() -> None:

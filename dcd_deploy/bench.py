@@ -8,7 +8,7 @@ on the same inputs, see :mod:`dcd_deploy.latency`):
 ``eager-lowered``  PyTorch eager, the network after dcd-deploy's lowering
 ``naive``          plain ``torch.onnx.export`` of the original network (``dynamo=True``, then
                    ``dynamo=False`` if that fails) on ONNX Runtime; when both fail, the row says why
-``dcd-deploy``     ``dcd_deploy.export.export`` (lowered, simplified, checked) on ONNX Runtime
+``dcd-deploy``     ``dcd_deploy.export`` (lowered, simplified, checked) on ONNX Runtime
 ``static``         the static twin (every DCD layer replaced by W0, the head by its Linear,
                    :mod:`dcd_deploy.lowering.static_twin`), exported the same way: the floor
 =================  ===================================================================================
@@ -30,12 +30,14 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,16 +182,21 @@ class BenchResult:
         }
 
     def raise_if_nothing_measured(self) -> None:
+        """Raise when no row was measured: :class:`ProviderUnavailableError` (exit 3) when every row was
+        skipped for want of a provider or device, else :class:`NothingMeasured` (exit 2)."""
         if self:
             return
-        reasons = list(dict.fromkeys(f"{r.provider}/{r.row}: {r.reason}" for r in self.rows if r.reason))
         if all(r.status == "skipped" for r in self.rows):
+            import onnxruntime as ort
+
+            offered = ", ".join(short_name(p) for p in ort.get_available_providers())
             raise ProviderUnavailableError(
-                "Nothing could be measured: " + "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "") + ".",
-                "Choose providers this machine offers (e.g. --providers cpu), or install what the reasons name.",
+                f"Nothing could be measured: none of the requested providers ({', '.join(self.providers)}) can run "
+                "here (the reasons are listed above).",
+                f"Choose providers this machine offers (this onnxruntime offers: {offered}), e.g. --providers cpu.",
             )
-        raise NothingMeasured("Nothing could be measured: " + "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "") + ".",
-                              "See the reasons above; --providers cpu with a dcd-deploy export is the baseline that should always work.")
+        raise NothingMeasured("Nothing could be measured: every row failed (the reasons are listed above).",
+                              "Fix the first reason listed; a dcd-deploy export on --providers cpu should always run.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,16 +204,31 @@ class BenchResult:
 
 
 # Boilerplate that torch appends to exporter errors; it says nothing about this model.
-_BOILERPLATE = ("Please feel free to request support", "[Caused by", "(Refer to the full stack trace")
+_BOILERPLATE = ("Please feel free to request support", "[Caused by", "(Refer to the full stack trace", "(Size-like symbols")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, without torch's boilerplate, at most ``limit`` characters."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    for phrase in _BOILERPLATE:
-        text = text.split(phrase)[0].strip()
+    """``Type: first line of the message`` without torch's boilerplate, at most ``limit`` characters.
+
+    When the exception wraps another (``raise ... from``), the root cause is given in parentheses
+    after the first sentence of the wrapper: the dynamo exporter wraps the real reason.
+    """
+    root, depth = exc, 0
+    while root.__cause__ is not None and depth < 10:
+        root, depth = root.__cause__, depth + 1
+    text = _message(exc)
+    if root is not exc:
+        text = f"{text.split('. ')[0].rstrip('.')} ({type(root).__name__}: {_message(root)})"
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _message(exc: BaseException) -> str:
+    text = next((line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()), "")
+    for phrase in _BOILERPLATE:
+        text = text.split(phrase)[0].strip()
+    return text
 
 
 @contextlib.contextmanager
@@ -256,6 +278,9 @@ def naive_export(model: nn.Module, hw: tuple[int, int], exporters: Sequence[str]
     and returns ``(onnx bytes or None, note, failure)``: the note says which exporter produced the
     graph (and why an earlier one failed); the failure says why every exporter failed.
     """
+    unknown = [e for e in exporters if e not in ("dynamo", "torchscript")]
+    if unknown:
+        raise ValueError(f"unknown exporter(s) {unknown}; use 'dynamo' and/or 'torchscript'")
     example = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0))  # batch 2: not specialised
     model = model.eval()
     failures: list[str] = []
@@ -267,15 +292,11 @@ def naive_export(model: nn.Module, hw: tuple[int, int], exporters: Sequence[str]
                                                 input_names=["input"], output_names=["logits"],
                                                 dynamic_shapes=({0: torch.export.Dim("batch")},))
                     data = program.model_proto.SerializeToString()
-                elif exporter == "torchscript":
+                else:
                     buffer = io.BytesIO()
                     torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["input"],
                                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
                     data = buffer.getvalue()
-                else:
-                    raise ValueError(f"unknown exporter {exporter!r}")
-        except ValueError:
-            raise
         except Exception as exc:  # noqa: BLE001 - every exporter failure is a finding for the report
             failures.append(f"torch.onnx.export(dynamo={exporter == 'dynamo'}) failed: {first_line(exc)}")
             continue
@@ -287,11 +308,16 @@ def naive_export(model: nn.Module, hw: tuple[int, int], exporters: Sequence[str]
 
 
 def prepare_checkpoint_rows(model: nn.Module | LoadedModel, hw: tuple[int, int], naive_exporter: str = "auto",
-                            progress: Progress | None = None) -> list[Prepared]:
-    """The artifacts of the five rows, each made once (failures recorded, not raised)."""
-    from .export import export
+                            progress: Progress | None = None, onnx_rows: bool = True, torch_rows: bool = True
+                            ) -> list[Prepared]:
+    """The artifacts of the five rows, each made once (failures recorded, not raised).
+
+    ``onnx_rows`` / ``torch_rows`` False: no requested provider can run those rows, so their
+    artifacts are not made (exporting can take minutes).
+    """
     from .lowering import lower_model
     from .lowering.static_twin import static_twin
+    from .onnx_export import export
 
     report = progress or (lambda stage, done, total, detail: None)
     original = model.model if isinstance(model, LoadedModel) else model
@@ -299,14 +325,20 @@ def prepare_checkpoint_rows(model: nn.Module | LoadedModel, hw: tuple[int, int],
     example = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     prepared = [Prepared("eager", model=original, seconds=0.0)]
     steps = 4
-
-    report("preparing", 0, steps, "eager-lowered: lowering the DCD layers")
-    t0 = time.perf_counter()
-    try:
-        lowered, rewrite = lower_model(original, example)
-        prepared.append(Prepared("eager-lowered", model=lowered, seconds=time.perf_counter() - t0, note=rewrite.summary()))
-    except DcdDeployError as exc:
-        prepared.append(Prepared("eager-lowered", failure=exc.message))
+    if not torch_rows:
+        prepared.append(Prepared("eager-lowered", note="not made: PyTorch cannot run on any requested provider here"))
+    else:
+        report("preparing", 0, steps, "eager-lowered: lowering the DCD layers")
+        t0 = time.perf_counter()
+        try:
+            lowered, rewrite = lower_model(original, example)
+            prepared.append(Prepared("eager-lowered", model=lowered, seconds=time.perf_counter() - t0,
+                                     note=rewrite.summary()))
+        except DcdDeployError as exc:
+            prepared.append(Prepared("eager-lowered", failure=exc.message))
+    if not onnx_rows:
+        not_made = "not made: no requested provider runs ONNX Runtime here"
+        return prepared + [Prepared(row, note=not_made) for row in ("naive", "dcd-deploy", "static")]
 
     dynamo_hint = " (torch.export can take minutes)" if "dynamo" in NAIVE_EXPORTERS[naive_exporter] else ""
     report("preparing", 1, steps, f"naive: plain torch.onnx.export{dynamo_hint}")
@@ -642,7 +674,10 @@ def _bench(source: nn.Module | LoadedModel | str | os.PathLike, provider_names: 
         hw = _hw(input_size, (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE))
         inputs = _inputs(batches, hw)  # type: ignore[arg-type]
         refs = _reference_outputs(original.eval(), inputs)
-        prepared = prepare_checkpoint_rows(source, hw, naive_exporter, report)  # type: ignore[arg-type]
+        ort_ok = [p for p in provider_names if _provider_unavailable(p) is None]
+        torch_ok = [p for p in provider_names if p in TORCH_DEVICES and _torch_unavailable(p) is None]
+        prepared = prepare_checkpoint_rows(source, hw, naive_exporter, report,  # type: ignore[arg-type]
+                                           onnx_rows=bool(ort_ok), torch_rows=bool(torch_ok))
     else:
         mode = "onnx"
         proto, row_name = read_onnx_file(source)
@@ -709,8 +744,6 @@ def _bench(source: nn.Module | LoadedModel | str | os.PathLike, provider_names: 
     _ratios(rows)
     for prep in prepared:
         prep.model = prep.onnx = None  # the result keeps what was found, not the networks and graphs
-        if prep.failure and prep.row != "naive":
-            notes.append(f"{prep.row} not measured: {prep.failure}")
     return BenchResult(
         source=src, mode=mode, model=name, input_size=tuple(hw), providers=[short_name(p) for p in provider_names],  # type: ignore[arg-type]
         batches=batches, threads=threads, warmup=warmup, runs=runs, duration=duration, cuda_graph=cuda_graph,
@@ -731,6 +764,15 @@ def _ratios(rows: list[BenchRow]) -> None:
 
 
 __all__ = [
-    "BenchResult", "BenchRow", "NAIVE_EXPORTERS", "NothingMeasured", "Prepared", "ROWS", "bench", "naive_export",
-    "onnx_input_size", "parse_input_size", "prepare_checkpoint_rows",
+    "NAIVE_EXPORTERS",
+    "ROWS",
+    "BenchResult",
+    "BenchRow",
+    "NothingMeasured",
+    "Prepared",
+    "bench",
+    "naive_export",
+    "onnx_input_size",
+    "parse_input_size",
+    "prepare_checkpoint_rows",
 ]

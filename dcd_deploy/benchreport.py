@@ -351,16 +351,29 @@ def to_html(result: BenchResult) -> str:
 RENDERERS = {"json": to_json, "markdown": to_markdown, "html": to_html}
 
 
+def check_report_paths(**paths: str | os.PathLike | None) -> None:
+    """Raise :class:`InputError` now, before a long measurement, for a report that could not be written."""
+    for fmt, path in paths.items():
+        if fmt not in RENDERERS:
+            raise ValueError(f"unknown report format {fmt!r}")
+        if path is None:
+            continue
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise InputError(f"Cannot write the {fmt} report: folder {path.parent} does not exist.",
+                             "Create it first or choose another path.")
+        if path.is_dir():
+            raise InputError(f"Cannot write the {fmt} report to {path}: it is a folder.", "Give a file name.")
+
+
 def write_reports(result: BenchResult, **paths: str | os.PathLike | None) -> list[Path]:
     """Write each requested format (``json=``, ``markdown=``, ``html=``); returns the paths written."""
+    check_report_paths(**paths)
     written = []
     for fmt, path in paths.items():
         if path is None:
             continue
         path = Path(path)
-        if not path.parent.exists():
-            raise InputError(f"Cannot write the {fmt} report: folder {path.parent} does not exist.",
-                             "Create it first or choose another path.")
         text = RENDERERS[fmt](result)
         try:
             path.write_text(text, encoding="utf-8")

@@ -23,7 +23,7 @@ from .lowering.costmodel import form_costs
 
 def _time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...], forms: list[str], threads: int | None,
                 runs: int) -> dict[str, float]:
-    from .export import simplify
+    from .onnx_export import simplify
     from .lowering.dcd_conv import ConvLowering, LoweredDcdConv
     from .runtime import create_session
 

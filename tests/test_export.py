@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcd_deploy import export as export_module
+from dcd_deploy import onnx_export as export_module
 from dcd_deploy.errors import LoweringError
-from dcd_deploy.export import export
+from dcd_deploy.onnx_export import export
 from dcd_deploy.graphcheck import conv_weights_are_constant
 from dcd_deploy.loading import load_model
 from dcd_deploy.lowering import relative_error
@@ -174,3 +174,12 @@ def test_cli_export_bad_input_is_one_clear_message(tmp_path, mbv2_checkpoint):
     res = runner.invoke(cli, ["export", str(mbv2_checkpoint), "-o", str(tmp_path / "a.onnx"), "--arch", "resnet18_dcd"])
     assert res.exit_code == 2 and "does not match resnet18_dcd" in res.output
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_package_level_export_works_on_any_module_and_returns_the_report(tmp_path, mbv2):
+    import dcd_deploy
+
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), mbv2)  # a user's network containing DCD layers
+    result = dcd_deploy.export(wrapped, tmp_path / "wrapped.onnx", input_size=SIZE)
+    assert result and "33/33 DCD layers lowered" in result.summary()
+    assert [layer.path for layer in result.layers][0] == "1.features.2.conv.0"

@@ -261,7 +261,7 @@ def test_unavailable_cuda_exits_3_with_install_hint(case, run_cli, expect_user_e
 def test_fp16_model_uses_loose_defaults_and_overrides_apply(case, tmp_path):
     import onnx
 
-    from dcd_deploy.export import to_fp16
+    from dcd_deploy.onnx_export import to_fp16
 
     half = to_fp16(onnx.load(case.onnx))
     for prop in half.metadata_props:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
 
-from ..options import LOADING_KEYS, load_from_options, loading_options, pop_loading, providers_option, reports_user_errors
+from ..options import (
+    LOADING_KEYS,
+    load_from_options,
+    loading_options,
+    parse_input_size,
+    pop_loading,
+    providers_option,
+    reports_user_errors,
+)
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -21,14 +30,7 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int
 
 
 def _input_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    from dcd_deploy.bench import parse_input_size
-
-    try:
-        return parse_input_size(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not N or HxW with positive integers (example: 224 or 224x192).") from None
+    return None if value is None else parse_input_size(ctx, param, value)  # None: from the ONNX file, else 224
 
 
 class TqdmProgress:
@@ -38,6 +40,8 @@ class TqdmProgress:
         self.enabled = enabled
         self.stage: str | None = None
         self.bar: Any = None
+        self.last = 0.0
+        self.detail = ""
 
     def __call__(self, stage: str, done: float, total: float, detail: str) -> None:
         if not self.enabled:
@@ -49,6 +53,10 @@ class TqdmProgress:
             self.stage = stage
             self.bar = tqdm(total=total, desc=stage, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+        now = time.monotonic()
+        if done < total and detail == self.detail and now - self.last < 0.2:
+            return  # terminal writes between timed runs are kept rare
+        self.last, self.detail = now, detail
         self.bar.n = done
         self.bar.set_postfix_str(detail, refresh=False)
         self.bar.refresh()
@@ -94,10 +102,12 @@ def command(source: str, providers: str, batches: list[int], input_size: tuple[i
     ONNX file: that file alone. Exit code 0 when at least one row was measured.
     """
     from dcd_deploy.bench import bench
-    from dcd_deploy.benchreport import render_table, write_reports
+    from dcd_deploy.benchreport import check_report_paths, render_table, write_reports
 
     if runs is not None and duration is not None:
         raise click.UsageError("--runs and --duration are mutually exclusive: give one.")
+    reports = {"json": json_path, "markdown": markdown_path, "html": html_path}
+    check_report_paths(**reports)
     loading = pop_loading(kwargs)
     onnx_file = source.lower().endswith(".onnx")
     if onnx_file:
@@ -116,6 +126,6 @@ def command(source: str, providers: str, batches: list[int], input_size: tuple[i
     finally:
         progress.close()
     click.echo(render_table(result), nl=False)
-    for path in write_reports(result, json=json_path, markdown=markdown_path, html=html_path):
+    for path in write_reports(result, **reports):
         click.echo(f"wrote {path}")
     result.raise_if_nothing_measured()

@@ -51,7 +51,7 @@ def command(checkpoint: str, output: str, input_size: tuple[int, int], batch: in
     on ONNX Runtime CPU against the ORIGINAL PyTorch model; on failure the file is removed and the
     exit status is 1.
     """
-    from dcd_deploy.export import export
+    from dcd_deploy.onnx_export import export
     from dcd_deploy.tuning import tuned_form_chooser
 
     start = time.perf_counter()
