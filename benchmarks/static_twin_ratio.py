@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30, help="timed runs per row at batch 1 (fewer at larger batches)")
-    ap.add_argument("--form", default="auto", help="dcd-deploy lowered form: auto, factored, merged")
+    ap.add_argument("--form", default="auto",
+                    help="dcd-deploy lowered form(s), comma-separated: auto, factored, merged (extra forms are "
+                         "timed in the same interleaved run and printed after the table)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
     results = {"versions": versions(), "machine": machine(), "threads": args.threads, "size": args.size, "rows": []}
@@ -107,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         plain = plain_graph(model, args.size)
         if isinstance(plain, bytes):
             graphs["plain"] = plain
+        forms = args.form.split(",")
         with tempfile.TemporaryDirectory() as tmp:
-            result = export(model, Path(tmp) / "m.onnx", input_size=args.size, form=args.form, self_check=False)
-            graphs["dcd-deploy"] = (Path(tmp) / "m.onnx").read_bytes()
+            for i, form in enumerate(forms):
+                result = export(model, Path(tmp) / f"{form}.onnx", input_size=args.size, form=form, self_check=False)
+                graphs["dcd-deploy" if i == 0 else f"dcd-deploy[{form}]"] = (Path(tmp) / f"{form}.onnx").read_bytes()
+                if i == 0:
+                    first = result
         nodes = {k: len(onnx.load_from_string(g).graph.node) for k, g in graphs.items()}
         for batch in [int(b) for b in args.batches.split(",")]:
             runs = max(8, args.runs // batch * 2) if batch > 1 else args.runs
@@ -118,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
             ratio = {k: med[k] / med["static"] for k in med}
             row = {"model": name, "batch": batch, "runs": runs, "median_s": med, "ratio_to_static": ratio,
                    "nodes": nodes, "plain_error": None if isinstance(plain, bytes) else plain,
-                   "forms": {f: sum(1 for layer in result.report.lowered if layer.form == f)
+                   "forms": {f: sum(1 for layer in first.report.lowered if layer.form == f)
                              for f in ("factored", "merged", "gemm")}}
             results["rows"].append(row)
             plain_cell = f"{med['plain'] * 1e3:.1f} ({ratio['plain']:.2f}×)" if "plain" in med else f"failed: {plain}"
             print(f"| {name} | {batch} | {med['static'] * 1e3:.1f} | {plain_cell} | "
                   f"{med['dcd-deploy'] * 1e3:.1f} ({ratio['dcd-deploy']:.2f}×) | "
                   f"{nodes['static']} / {nodes.get('plain', '-')} / {nodes['dcd-deploy']} |", flush=True)
+            for key in graphs:
+                if key.startswith("dcd-deploy["):
+                    print(f"  {name} batch {batch} {key}: {med[key] * 1e3:.1f} ms ({ratio[key]:.2f}×)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -182,6 +182,8 @@ def export(
         raise InputError(f"--batch {batch} is not a positive batch size.", "Omit --batch for a dynamic batch axis.")
     if not path.parent.exists():
         raise InputError(f"Output folder {path.parent} does not exist.", "Create it first or choose another -o path.")
+    if path.is_dir():
+        raise InputError(f"Output path {path} is a folder.", "Pass a file name, e.g. -o model.onnx.")
     precision = "float16" if fp16 else "float32"
     timings: dict[str, float] = {}
     notes: list[str] = []

@@ -7,27 +7,14 @@ import time
 
 import click
 
-from ..options import load_from_options, loading_options, pop_loading, reports_user_errors
-
-
-def parse_input_size(_ctx, _param, value: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in value.lower().replace("x", ",").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise click.BadParameter(f"{value!r} is not a size; write 224 or 224x192 (height x width).")
-    return parts[0], parts[1]
+from ..options import input_size_option, load_from_options, loading_options, pop_loading, reports_user_errors
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
 @loading_options
-@click.option("--input-size", default="224", show_default=True, callback=parse_input_size, metavar="N|HxW",
-              help="Input height and width the graph is exported (and self-checked) at.")
+@input_size_option(help="Input height and width the graph is exported (and self-checked) at.")
 @click.option("--batch", type=int, default=None, help="Static batch size (default: dynamic batch axis).")
 @click.option("--dynamic-size", is_flag=True, help="Make height and width dynamic too.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")

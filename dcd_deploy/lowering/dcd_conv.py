@@ -55,8 +55,12 @@ def _pool_size(pool: nn.Module) -> int | None:
     return size[0] if size[0] == size[1] and size[0] in (1, 2) else None
 
 
-def match_attention(module: nn.Module, in_features: int, family: str) -> tuple[int, Mismatch | None]:
-    """Check ``fc = Sequential(Linear(in, sq, no bias), SE(sq))`` with ``SE.fc = Sequential(Linear, hs)``."""
+def match_attention(module: nn.Module, in_features: int, dim: int, c_out: int, family: str) -> tuple[int, Mismatch | None]:
+    """Check the attention branch shared by every family.
+
+    ``fc = Sequential(Linear(in, sq, no bias), SE(sq))`` with ``SE.fc = Sequential(Linear, hs)``,
+    then ``fc_phi = Linear(sq, L², no bias)`` and ``fc_scale = Linear(sq, C_out, no bias)``.
+    """
     fc = module.fc
     if not isinstance(fc, nn.Sequential) or len(fc) != 2:
         return 0, Mismatch(family, "fc is not Sequential(Linear, SEModule_small)")
@@ -71,6 +75,10 @@ def match_attention(module: nn.Module, in_features: int, family: str) -> tuple[i
     inner = getattr(se, "fc", None)
     if not isinstance(inner, nn.Sequential) or len(inner) != 2 or not _linear(inner[0], squeeze, squeeze):
         return 0, Mismatch(family, "fc.1 is not SEModule_small (fc = Sequential(Linear(sq, sq, no bias), Hsigmoid))")
+    if not _linear(module.fc_phi, squeeze, dim * dim):
+        return 0, Mismatch(family, f"fc_phi is not a bias-free Linear({squeeze}, {dim * dim}) (L={dim})")
+    if not _linear(module.fc_scale, squeeze, c_out):
+        return 0, Mismatch(family, f"fc_scale is not a bias-free Linear({squeeze}, {c_out})")
     return squeeze, None
 
 
@@ -120,13 +128,9 @@ class DcdConvFamily:
         pool = _pool_size(module.avg_pool)
         if pool is None:
             return Mismatch(f, f"avg_pool is {module.avg_pool!r}, expected AdaptiveAvgPool2d(1) or (2)")
-        squeeze, bad = match_attention(module, c_in * pool * pool, f)
+        squeeze, bad = match_attention(module, c_in * pool * pool, dim, c_out, f)
         if bad:
             return bad
-        if not _linear(module.fc_phi, squeeze, dim * dim):
-            return Mismatch(f, f"fc_phi is not a bias-free Linear({squeeze}, {dim * dim}) (L={dim})")
-        if not _linear(module.fc_scale, squeeze, c_out):
-            return Mismatch(f, f"fc_scale is not a bias-free Linear({squeeze}, {c_out})")
         if q_name == "conv_q":
             kind = "DYModule"
         else:

@@ -49,13 +49,9 @@ class DcdHeadFamily:
         for name in ("bn1", "bn2"):
             if not is_foldable_bn(getattr(module, name), dim, 1):
                 return Mismatch(f, f"{name} is not a BatchNorm1d({dim}) with running statistics")
-        squeeze, bad = match_attention(module, c_in, f)
+        squeeze, bad = match_attention(module, c_in, dim, c_out, f)
         if bad:
             return bad
-        if not _linear(module.fc_phi, squeeze, dim * dim):
-            return Mismatch(f, f"fc_phi is not a bias-free Linear({squeeze}, {dim * dim}) (L={dim})")
-        if not _linear(module.fc_scale, squeeze, c_out):
-            return Mismatch(f, f"fc_scale is not a bias-free Linear({squeeze}, {c_out})")
         return LayerInfo(f, "DYCls", c_in, c_out, 1, 1, 0, dim, squeeze, None, {})
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None, options: object = None) -> nn.Module:
