@@ -22,8 +22,9 @@ SHORT_NAMES = {v: k for k, v in PROVIDER_ALIASES.items() if k != "trt"}
 
 INSTALL_HINTS = {
     "CUDAExecutionProvider": (
-        "Install the GPU build: `pip uninstall -y onnxruntime && pip install 'dcd-deploy[gpu]'` "
-        "(onnxruntime-gpu, with a CUDA 12 runtime and cuDNN 9 on the library path) on a machine with an NVIDIA GPU."
+        "Install the GPU build on a machine with an NVIDIA GPU: `pip uninstall -y onnxruntime && pip install "
+        "onnxruntime-gpu` (both provide the same module, so only one may be installed), with a CUDA 12 runtime and "
+        "cuDNN 9 on the library path."
     ),
     "TensorrtExecutionProvider": "Install onnxruntime-gpu together with TensorRT on a machine with an NVIDIA GPU.",
 }
