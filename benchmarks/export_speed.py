@@ -16,24 +16,22 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
+from dcd_deploy.bench import naive_export
 from dcd_deploy.onnx_export import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 
-def dynamo_export(model: torch.nn.Module, path: Path, size: int) -> float:
+def dynamo_export(model: torch.nn.Module, size: int) -> float:
+    """Seconds for ``torch.onnx.export(dynamo=True)`` with a dynamic batch (dcd-deploy bench's naive row)."""
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        batch = torch.export.Dim("batch", min=1, max=64)
-        program = torch.onnx.export(model, (torch.randn(2, 3, size, size),), dynamo=True, input_names=["input"],
-                                    output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
-        program.save(str(path))
+    data, _, failure = naive_export(model, (size, size), ("dynamo",))
+    if data is None:
+        raise SystemExit(f"torch.onnx.export(dynamo=True) failed: {failure}")
     return time.perf_counter() - t
 
 
@@ -51,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             result = export(model, Path(tmp) / f"ours{i}.onnx", input_size=args.size)
             ours.append(result.timings["total_s"] - result.timings.get("self_check_s", 0.0))
             checks.append(result.timings.get("self_check_s", 0.0))
-            theirs.append(dynamo_export(model, Path(tmp) / f"dynamo{i}.onnx", args.size))
+            theirs.append(dynamo_export(model, args.size))
             print(f"repeat {i + 1}: dcd-deploy {ours[-1]:.1f} s (+ self-check {checks[-1]:.1f} s), "
                   f"torch.onnx.export(dynamo=True) {theirs[-1]:.1f} s", flush=True)
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"{args.model} at {args.size}: dcd-deploy export {a:.1f} s (self-check {statistics.median(checks):.1f} s more), "
           f"torch.onnx.export(dynamo=True) {b:.1f} s: {b / a:.1f}× faster")
-    print(f"dcd-deploy stages (last run): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    print("dcd-deploy stages (last run): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     return 0
 
 

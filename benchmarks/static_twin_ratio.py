@@ -18,19 +18,18 @@ run, interleaved round-robin on the same input; the table gives medians and rati
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from dcd_deploy.onnx_export import export, simplify
+from dcd_deploy.bench import naive_export
+from dcd_deploy.onnx_export import export
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime import create_session
 from dcd_deploy.sysinfo import machine, versions
@@ -44,30 +43,9 @@ MODELS = {
 }
 
 
-def static_graph(model: torch.nn.Module, size: int) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(static_twin(model), (torch.randn(1, 3, size, size),), buf, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    graph, _ = simplify(onnx.load_from_string(buf.getvalue()))
-    return graph.SerializeToString()
-
-
-def plain_graph(model: torch.nn.Module, size: int) -> bytes | str:
-    """torch.onnx.export(dynamo=True) with a dynamic batch; the error text when it fails."""
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
-        warnings.simplefilter("ignore")
-        try:
-            batch = torch.export.Dim("batch", min=1, max=64)
-            program = torch.onnx.export(model, (torch.randn(2, 3, size, size),), dynamo=True, input_names=["input"],
-                                        output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
-            path = Path(tmp) / "plain.onnx"
-            program.save(str(path))
-            return onnx.load(str(path)).SerializeToString()
-        except Exception as exc:  # noqa: BLE001 - recorded in the table
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+def static_graph(model: torch.nn.Module, size: int, tmp: Path) -> bytes:
+    """The static twin, exported like any model (torch.onnx, onnxsim, checks)."""
+    return export(static_twin(model), tmp / "static.onnx", input_size=size, self_check=False).path.read_bytes()
 
 
 def measure(graphs: dict[str, bytes], batch: int, size: int, threads: int, runs: int) -> dict[str, list[float]]:
@@ -105,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
-        graphs = {"static": static_graph(model, args.size)}
-        plain = plain_graph(model, args.size)
-        if isinstance(plain, bytes):
-            graphs["plain"] = plain
+        plain, _, plain_error = naive_export(model, (args.size, args.size), ("dynamo",))
         forms = args.form.split(",")
         with tempfile.TemporaryDirectory() as tmp:
+            graphs = {"static": static_graph(model, args.size, Path(tmp))}
+            if plain is not None:
+                graphs["plain"] = plain
             for i, form in enumerate(forms):
                 result = export(model, Path(tmp) / f"{form}.onnx", input_size=args.size, form=form, self_check=False)
                 graphs["dcd-deploy" if i == 0 else f"dcd-deploy[{form}]"] = (Path(tmp) / f"{form}.onnx").read_bytes()
@@ -123,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             med = {k: float(np.median(v)) for k, v in times.items()}
             ratio = {k: med[k] / med["static"] for k in med}
             row = {"model": name, "batch": batch, "runs": runs, "median_s": med, "ratio_to_static": ratio,
-                   "nodes": nodes, "plain_error": None if isinstance(plain, bytes) else plain,
+                   "nodes": nodes, "plain_error": plain_error,
                    "forms": {f: sum(1 for layer in first.report.lowered if layer.form == f)
                              for f in ("factored", "merged", "gemm")}}
             results["rows"].append(row)
-            plain_cell = f"{med['plain'] * 1e3:.1f} ({ratio['plain']:.2f}×)" if "plain" in med else f"failed: {plain}"
+            plain_cell = f"{med['plain'] * 1e3:.1f} ({ratio['plain']:.2f}×)" if "plain" in med else f"failed: {plain_error}"
             print(f"| {name} | {batch} | {med['static'] * 1e3:.1f} | {plain_cell} | "
                   f"{med['dcd-deploy'] * 1e3:.1f} ({ratio['dcd-deploy']:.2f}×) | "
                   f"{nodes['static']} / {nodes.get('plain', '-')} / {nodes['dcd-deploy']} |", flush=True)

@@ -56,15 +56,13 @@ def pop_loading(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def parse_input_size(_ctx: Any, _param: Any, value: str | int) -> tuple[int, int]:
     """``224`` or ``224x192`` (height x width) to ``(height, width)``."""
+    from dcd_deploy.errors import InputError
+    from dcd_deploy.inputs import parse_size
+
     try:
-        parts = [int(v) for v in str(value).lower().replace("×", "x").replace("x", ",").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise click.BadParameter(f"{value!r} is not a size; write 224 or 224x192 (height x width).")
-    return parts[0], parts[1]
+        return parse_size(value)
+    except InputError:
+        raise click.BadParameter(f"{value!r} is not a size; write 224 or 224x192 (height x width).") from None
 
 
 def input_size_option(default: str = "224", help: str = "Input height and width (N or HxW).") -> Callable:

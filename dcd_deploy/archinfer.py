@@ -18,7 +18,6 @@ from torch import nn
 
 from .errors import ArchitectureError
 from .zoo import get_arch
-from .zoo.layers import dymodule_latent_dim
 from .zoo.mobilenetv2 import MOBILENETV2_CFGS, channel_divisor, make_divisible
 from .zoo.resnet import RESNET_DEPTHS, Bottleneck
 

@@ -386,35 +386,14 @@ def read_onnx_file(path: str | os.PathLike) -> tuple[Any, str]:
 
 def onnx_input_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """The input size an ONNX file was exported for: metadata ``dcd_deploy.input_size``, else static H, W."""
+    from .inputs import input_spec
+
     proto, _ = read_onnx_file(path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    text = meta.get("dcd_deploy.input_size")
-    if text:
-        with contextlib.suppress(ValueError):
-            return parse_input_size(text)
-    graph_inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
-    if graph_inputs:
-        dims = graph_inputs[0].type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
-            return int(dims[2].dim_value), int(dims[3].dim_value)
-    return None
-
-
-def parse_input_size(text: str | int) -> tuple[int, int]:
-    """``224`` or ``224x192`` (H×W) to (H, W); raises ValueError."""
-    if isinstance(text, int):
-        h = w = text
-    else:
-        parts = str(text).lower().replace("×", "x").split("x")
-        if len(parts) == 1:
-            h = w = int(parts[0])
-        elif len(parts) == 2:
-            h, w = int(parts[0]), int(parts[1])
-        else:
-            raise ValueError(f"{text!r} is not N or HxW")
-    if h < 1 or w < 1:
-        raise ValueError(f"{text!r} is not a positive size")
-    return h, w
+    try:
+        spec = input_spec(proto)
+    except InputError:
+        return None
+    return spec.metadata_size or spec.static_hw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,22 +539,25 @@ def _inputs(batches: Sequence[int], hw: tuple[int, int], seed: int = 0) -> dict[
 
 
 def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """:func:`dcd_deploy.lowering.relative_error` on arrays; inf when the shapes differ."""
+    from .lowering import relative_error
+
     if out.shape != ref.shape:
         return float("inf")
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max())
-    return diff / scale if scale > 0 else diff
+    return relative_error(torch.from_numpy(np.ascontiguousarray(out)), torch.from_numpy(np.ascontiguousarray(ref)))
 
 
 def _hw(input_size: int | str | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    from .inputs import parse_size
+
     if input_size is None:
         return default
     try:
         if isinstance(input_size, (int, str)):
-            return parse_input_size(input_size)
+            return parse_size(input_size)
         h, w = (int(v) for v in input_size)
-        return parse_input_size(f"{h}x{w}")
-    except (TypeError, ValueError):
+        return parse_size(f"{h}x{w}")
+    except (TypeError, ValueError, InputError):
         raise InputError(f"Input size {input_size!r} is not N or HxW with positive N, H, W.", "Example: --input-size 224.") from None
 
 
@@ -773,6 +755,5 @@ __all__ = [
     "bench",
     "naive_export",
     "onnx_input_size",
-    "parse_input_size",
     "prepare_checkpoint_rows",
 ]

@@ -71,9 +71,9 @@ class InputSpec:
         return f"{self.name!r} {'×'.join(dims)} {np.dtype(self.dtype).name}"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``'224'`` or ``'224x192'`` (height × width)."""
-    parts = text.lower().replace("×", "x").split("x")
+def parse_size(text: str | int) -> tuple[int, int]:
+    """``224``, ``'224'`` or ``'224x192'`` (height × width); raises :class:`InputError`."""
+    parts = str(text).lower().replace("×", "x").replace(",", "x").split("x")
     try:
         values = [int(p) for p in parts]
     except ValueError:

@@ -94,17 +94,6 @@ def _example(batch: int, hw: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(seed))
 
 
-def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
-    try:
-        with torch.no_grad():
-            model(x)
-    except RuntimeError as exc:
-        raise InputError(
-            f"The network does not run on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0]}.",
-            "Choose an --input-size the network accepts (e.g. 224, or the size it was trained at).",
-        ) from None
-
-
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Float16 weights and compute, float32 inputs and outputs (onnxconverter-common)."""
     from onnxconverter_common import float16
@@ -191,7 +180,6 @@ def export(
     t0 = time.perf_counter()
     stage("lowering dynamic layers")
     example = _example(batch or 1, hw)
-    _check_runs(model, example)
     lowered, report = lower_model(model, example, choose_form=form, dynamic_size=dynamic_size, progress=progress)
     timings["lower_s"] = time.perf_counter() - t0
     if report.not_lowered and not allow_unlowered:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
+from ..errors import InputError
 from .base import FAMILIES, LayerInfo, Mismatch
 from .dcd_conv import ConvLowering, LoweredDcdConv
 from .dcd_head import LoweredDcdHead
@@ -138,6 +139,11 @@ def _capture_inputs(model: nn.Module, paths: list[str], example: torch.Tensor) -
     try:
         with torch.no_grad():
             model(example)
+    except RuntimeError as exc:
+        raise InputError(
+            f"The network does not run on an input of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}.",
+            "Choose an --input-size the network accepts (e.g. 224, or the size it was trained at).",
+        ) from None
     finally:
         for h in handles:
             h.remove()
