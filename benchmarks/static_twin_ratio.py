@@ -1,18 +1,25 @@
 """Issue 6 benchmark: latency of deployed DCD models relative to their static twins.
 
 For each network (random weights with calibrated BatchNorms: latency does not depend on the
-values), three ONNX graphs are built from the same model:
+values), these ONNX graphs are built from the same model:
 
 * ``static``: the static twin (each DCD layer replaced by its W0 conv, the head by its Linear),
-  exported by torch.onnx and simplified with onnxsim, the floor a DCD model can hope for;
-* ``plain``: ``torch.onnx.export(dynamo=True)`` of the original DCD network;
-* ``dcd-deploy``: ``dcd_deploy.export`` (lowered, folded, simplified).
+  exported by ``dcd_deploy.export`` (torch.onnx, onnxsim, checks), the floor a DCD model can hope for;
+* ``plain``: ``torch.onnx.export(dynamo=True)`` of the original DCD network (``--no-plain`` skips it);
+* ``dcd-deploy``: ``dcd_deploy.export`` (lowered, folded, simplified), one graph per ``--form``:
+  ``auto`` (CPU cost model), ``cuda`` (CUDA cost model), ``tune`` (each layer's form timed on the
+  provider), ``factored``, ``merged``. With ``--fp16`` the static twin and every dcd-deploy graph
+  are also exported in float16 and compared with the float16 twin.
 
-All sessions run on ONNX Runtime CPU with the same thread count and intra-op spinning off, in one
-run, interleaved round-robin on the same input; the table gives medians and ratios to ``static``.
+All sessions run on one ONNX Runtime provider with the same thread count and intra-op spinning
+off, in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
+of ``dcd-deploy bench``; GPU sessions bind input and output on the device); the table gives
+medians and ratios to ``static``. Every graph's output is compared with the original PyTorch
+network (max |Δ| / max |ref|).
 
-    python benchmarks/static_twin_ratio.py                    # the BENCHMARKS.md table
+    python benchmarks/static_twin_ratio.py                    # the BENCHMARKS.md CPU table
     python benchmarks/static_twin_ratio.py --models resnet18_dcd --batches 1 --runs 20
+    python benchmarks/static_twin_ratio.py --provider cuda --cuda-graph both --fp16 --form auto,cuda,tune
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ import numpy as np
 import onnx
 import torch
 
-from dcd_deploy.bench import naive_export
-from dcd_deploy.onnx_export import export
+from dcd_deploy.bench import OrtRunner, naive_export
+from dcd_deploy.latency import measure_interleaved
 from dcd_deploy.lowering.static_twin import static_twin
-from dcd_deploy.runtime import create_session
+from dcd_deploy.onnx_export import export
+from dcd_deploy.runtime import provider_name
 from dcd_deploy.sysinfo import machine, versions
+from dcd_deploy.tuning import tuned_form_chooser
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
@@ -41,26 +50,61 @@ MODELS = {
     "resnet50_dcd": {},
     "resnet18_dcd": {},
 }
+FORMS = ("auto", "cuda", "tune", "factored", "merged")
 
 
-def static_graph(model: torch.nn.Module, size: int, tmp: Path) -> bytes:
-    """The static twin, exported like any model (torch.onnx, onnxsim, checks)."""
-    return export(static_twin(model), tmp / "static.onnx", input_size=size, self_check=False).path.read_bytes()
+def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: str, plain: bool, fp16: bool,
+                 tmp: Path, log) -> tuple[dict[str, bytes], dict[str, object]]:
+    graphs: dict[str, bytes] = {}
+    info: dict[str, object] = {}
+    twin = static_twin(model)
+    for half in ([False, True] if fp16 else [False]):
+        suffix = "-fp16" if half else ""
+        graphs["static" + suffix] = export(twin, tmp / "static.onnx", input_size=size, fp16=half,
+                                           self_check=False).path.read_bytes()
+    if plain:
+        data, _, error = naive_export(model, (size, size), ("dynamo",))
+        if data is not None:
+            graphs["plain"] = data
+        info["plain_error"] = error
+    for i, form in enumerate(forms):
+        t = time.perf_counter()
+        if form == "tune":
+            chooser, target = tuned_form_chooser(target=provider), provider
+        elif form == "cuda":
+            chooser, target = "auto", "cuda"
+        else:
+            chooser, target = form, "cpu"
+        for half in ([False, True] if fp16 else [False]):
+            key = ("dcd-deploy" if i == 0 else f"dcd-deploy[{form}]") + ("-fp16" if half else "")
+            result = export(model, tmp / f"{form}.onnx", input_size=size, form=chooser, target=target, fp16=half,
+                            self_check=False)
+            graphs[key] = result.path.read_bytes()
+            info[key] = {f: sum(1 for layer in result.report.lowered if layer.form == f) for f in ("factored", "merged")}
+        log(f"  {form}: forms {info[key]} ({time.perf_counter() - t:.1f} s)")
+    return graphs, info
 
 
-def measure(graphs: dict[str, bytes], batch: int, size: int, threads: int, runs: int) -> dict[str, list[float]]:
-    sessions = {k: create_session(g, "cpu", threads=threads, spinning=False) for k, g in graphs.items()}
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-    for s in sessions.values():
-        for _ in range(2):
-            s.run(None, {"input": x})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {"input": x})
-            times[k].append(time.perf_counter() - t)
-    return times
+def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int, runs: int, cuda_graph: str,
+            ref: np.ndarray) -> dict[str, dict[str, float]]:
+    modes = {"off": [False], "on": [True], "both": [False, True]}[cuda_graph] if provider != "cpu" else [False]
+    runners, keys = [], []
+    for graph_mode in modes:
+        for key, data in graphs.items():
+            label = key + ("+graph" if graph_mode else "")
+            runners.append(OrtRunner(label, data, x, provider_name(provider), threads, graph_mode))
+            keys.append(label)
+    results = measure_interleaved(runners, warmup=5 if provider == "cpu" else 20, runs=runs, threads=threads)
+    out: dict[str, dict[str, float]] = {}
+    for key, runner, m in zip(keys, runners, results):
+        if m.stats is None:
+            out[key] = {"skipped": m.skipped}  # type: ignore[dict-item]
+            continue
+        o = runner.output()
+        err = float(np.abs(o.astype(np.float64) - ref).max() / np.abs(ref).max()) if o is not None else float("nan")
+        out[key] = {"median_s": m.stats.p50, "rel_err": err}
+        runner.close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,50 +112,78 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=30, help="timed runs per row at batch 1 (fewer at larger batches)")
+    ap.add_argument("--runs", type=int, default=30, help="timed rounds at batch 1 (fewer at larger batches on CPU)")
     ap.add_argument("--form", default="auto",
-                    help="dcd-deploy lowered form(s), comma-separated: auto, factored, merged (extra forms are "
-                         "timed in the same interleaved run and printed after the table)")
+                    help=f"dcd-deploy graph(s), comma-separated from {', '.join(FORMS)}; the first is the table's "
+                         "dcd-deploy column, the others are printed below it")
+    ap.add_argument("--fp16", action="store_true", help="also compare float16 graphs with the float16 static twin")
+    ap.add_argument("--cuda-graph", choices=["off", "on", "both"], default="off")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain torch.onnx export (slow to make)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
-    results = {"versions": versions(), "machine": machine(), "threads": args.threads, "size": args.size, "rows": []}
-    print(f"ONNX Runtime {results['versions']['onnxruntime']} CPU, {args.threads} threads, spinning off, "
-          f"{args.size}×{args.size}, medians of interleaved runs; ratio = latency / static twin")
-    print("| model | batch | static ms | plain export ms (ratio) | dcd-deploy ms (ratio) | nodes static / plain / dcd-deploy |")
-    print("|---|---|---|---|---|---|")
+    forms = args.form.split(",")
+    if bad := [f for f in forms if f not in FORMS]:
+        ap.error(f"unknown form(s) {bad}; choose from {FORMS}")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    results = {"versions": versions(), "machine": machine(), "provider": args.provider, "threads": args.threads,
+               "size": args.size, "cuda_graph": args.cuda_graph, "rows": []}
+    if args.provider == "cuda":
+        from dcd_deploy.runtime import device_name
+
+        results["device"] = device_name("cuda")
+    where = "CPU" if args.provider == "cpu" else f"CUDA ({results.get('device')}), CUDA graphs {args.cuda_graph}"
+    lines = [f"ONNX Runtime {results['versions']['onnxruntime']} {where}, {args.threads} threads, spinning off, "
+             f"{args.size}×{args.size}, medians of interleaved runs; ratio = latency / static twin "
+             "(fp16 rows: / fp16 static twin); err = max|Δ|/max|ref| against the PyTorch network",
+             "| model | batch | graph | static ms | plain export ms (ratio) | dcd-deploy ms (ratio) | nodes static / plain / dcd-deploy |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
-        plain, _, plain_error = naive_export(model, (args.size, args.size), ("dynamo",))
-        forms = args.form.split(",")
+        log(f"{name}: exporting")
         with tempfile.TemporaryDirectory() as tmp:
-            graphs = {"static": static_graph(model, args.size, Path(tmp))}
-            if plain is not None:
-                graphs["plain"] = plain
-            for i, form in enumerate(forms):
-                result = export(model, Path(tmp) / f"{form}.onnx", input_size=args.size, form=form, self_check=False)
-                graphs["dcd-deploy" if i == 0 else f"dcd-deploy[{form}]"] = (Path(tmp) / f"{form}.onnx").read_bytes()
-                if i == 0:
-                    first = result
+            graphs, info = build_graphs(model, args.size, forms, args.provider, not args.no_plain, args.fp16, Path(tmp), log)
         nodes = {k: len(onnx.load_from_string(g).graph.node) for k, g in graphs.items()}
         for batch in [int(b) for b in args.batches.split(",")]:
-            runs = max(8, args.runs // batch * 2) if batch > 1 else args.runs
-            times = measure(graphs, batch, args.size, args.threads, runs)
-            med = {k: float(np.median(v)) for k, v in times.items()}
-            ratio = {k: med[k] / med["static"] for k in med}
-            row = {"model": name, "batch": batch, "runs": runs, "median_s": med, "ratio_to_static": ratio,
-                   "nodes": nodes, "plain_error": plain_error,
-                   "forms": {f: sum(1 for layer in first.report.lowered if layer.form == f)
-                             for f in ("factored", "merged", "gemm")}}
-            results["rows"].append(row)
-            plain_cell = f"{med['plain'] * 1e3:.1f} ({ratio['plain']:.2f}×)" if "plain" in med else f"failed: {plain_error}"
-            print(f"| {name} | {batch} | {med['static'] * 1e3:.1f} | {plain_cell} | "
-                  f"{med['dcd-deploy'] * 1e3:.1f} ({ratio['dcd-deploy']:.2f}×) | "
-                  f"{nodes['static']} / {nodes.get('plain', '-')} / {nodes['dcd-deploy']} |", flush=True)
-            for key in graphs:
-                if key.startswith("dcd-deploy["):
-                    print(f"  {name} batch {batch} {key}: {med[key] * 1e3:.1f} ms ({ratio[key]:.2f}×)", flush=True)
+            runs = max(8, args.runs // batch * 2) if batch > 1 and args.provider == "cpu" else args.runs
+            x = np.random.default_rng(batch).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
+            with torch.no_grad():
+                ref = model.double()(torch.from_numpy(x).double()).numpy()
+            model.float()
+            log(f"{name} batch {batch}: measuring {len(graphs)} graphs")
+            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref)
+            results["rows"].append({"model": name, "batch": batch, "runs": runs, "nodes": nodes, "forms": info,
+                                    "results": res})
+            for mode in sorted({k.endswith("+graph") for k in res}):
+                suffix = "+graph" if mode else ""
+                for prec in (["", "-fp16"] if args.fp16 else [""]):
+                    static = res.get("static" + prec + suffix, {})
+                    if "median_s" not in static:
+                        print(f"| {name} | {batch} | {prec or 'fp32'}{suffix} | static: {static.get('skipped')} |")
+                        continue
+                    cells = []
+                    for key in ("plain" if not prec else None, "dcd-deploy" + prec):
+                        r = res.get(f"{key}{suffix}") if key else None
+                        if key is None or (key == "plain" and args.no_plain):
+                            cells.append("-")
+                        elif r is None:
+                            cells.append(f"failed: {info.get('plain_error')}" if key == "plain" else "-")
+                        elif "median_s" not in r:
+                            cells.append(f"skipped: {r['skipped']}")
+                        else:
+                            cells.append(f"{r['median_s'] * 1e3:.2f} ({r['median_s'] / static['median_s']:.2f}×, "
+                                         f"err {r['rel_err']:.1e})")
+                    print(f"| {name} | {batch} | {prec[1:] or 'fp32'}{suffix} | {static['median_s'] * 1e3:.2f} | "
+                          f"{cells[0]} | {cells[1]} | {nodes['static' + prec]} / {nodes.get('plain', '-')} / "
+                          f"{nodes['dcd-deploy' + prec]} |", flush=True)
+                    for key, r in res.items():
+                        if key.startswith("dcd-deploy[") and key.endswith(prec + suffix) and (prec or "-fp16" not in key) \
+                                and "median_s" in r and (mode or "+graph" not in key):
+                            print(f"  {name} b{batch} {key}: {r['median_s'] * 1e3:.2f} ms "
+                                  f"({r['median_s'] / static['median_s']:.2f}×, err {r['rel_err']:.1e})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -28,6 +28,7 @@ from .errors import DcdDeployError, InputError, LoweringError
 from .graphcheck import batch_independent, conv_weights_are_constant, op_histogram
 from .loading import LoadedModel
 from .lowering import RewriteReport, lower_model, relative_error
+from .lowering.costmodel import TARGETS
 
 DEFAULT_OPSET = 17
 # Self-check thresholds on max|ort − torch| / max|torch| against the ORIGINAL PyTorch model. Float16
@@ -98,7 +99,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Float16 weights and compute, float32 inputs and outputs (onnxconverter-common)."""
     from onnxconverter_common import float16
 
-    return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    with warnings.catch_warnings():  # one warning per weight below float16's smallest normal: noise
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
 
 
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -139,6 +142,7 @@ def export(
     fp16: bool = False,
     do_simplify: bool = True,
     form: str | Callable = "auto",
+    target: str = "cpu",
     self_check: bool = True,
     keep_failed: bool = False,
     allow_unlowered: bool = False,
@@ -150,7 +154,9 @@ def export(
 
     ``model`` is any ``nn.Module`` containing DCD layers (or a :class:`LoadedModel`, whose
     architecture and checkpoint hash go into the metadata). ``batch=None`` makes the batch axis
-    dynamic; ``dynamic_size`` also makes H and W dynamic. Raises :class:`LoweringError` when a
+    dynamic; ``dynamic_size`` also makes H and W dynamic. ``form='auto'`` picks each layer's lowered
+    form with the cost model of ``target`` ('cpu': ONNX Runtime's CPU provider, 'cuda': its CUDA
+    provider, where kernel launches dominate); a callable (see :mod:`dcd_deploy.tuning`) measures. Raises :class:`LoweringError` when a
     layer that looks dynamic could not be lowered (unless ``allow_unlowered``) and
     :class:`SelfCheckFailed` when ONNX Runtime disagrees with the original model.
     """
@@ -173,6 +179,8 @@ def export(
         raise InputError(f"Output folder {path.parent} does not exist.", "Create it first or choose another -o path.")
     if path.is_dir():
         raise InputError(f"Output path {path} is a folder.", "Pass a file name, e.g. -o model.onnx.")
+    if target not in TARGETS:
+        raise InputError(f"Unknown target {target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
     precision = "float16" if fp16 else "float32"
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -180,7 +188,8 @@ def export(
     t0 = time.perf_counter()
     stage("lowering dynamic layers")
     example = _example(batch or 1, hw)
-    lowered, report = lower_model(model, example, choose_form=form, dynamic_size=dynamic_size, progress=progress)
+    lowered, report = lower_model(model, example, choose_form=form, dynamic_size=dynamic_size, target=target,
+                                   progress=progress)
     timings["lower_s"] = time.perf_counter() - t0
     if report.not_lowered and not allow_unlowered:
         details = "; ".join(f"{layer.path}: {layer.reason}" for layer in report.not_lowered)
@@ -232,6 +241,7 @@ def export(
         "dcd_deploy.dynamic_batch": str(batch is None).lower(),
         "dcd_deploy.dynamic_size": str(dynamic_size).lower(),
         "dcd_deploy.precision": precision,
+        "dcd_deploy.target": target,
         "dcd_deploy.rewrite": json.dumps({"summary": report.summary(),
                                           "layers": [{"path": l.path, "kind": l.kind, "form": l.form,
                                                       "folded_bn": l.folded_bn, "lowered": l.lowered}

@@ -23,8 +23,8 @@ SHORT_NAMES = {v: k for k, v in PROVIDER_ALIASES.items() if k != "trt"}
 INSTALL_HINTS = {
     "CUDAExecutionProvider": (
         "Install the GPU build on a machine with an NVIDIA GPU: `pip uninstall -y onnxruntime && pip install "
-        "onnxruntime-gpu` (both provide the same module, so only one may be installed), with a CUDA 12 runtime and "
-        "cuDNN 9 on the library path."
+        "onnxruntime-gpu[cuda,cudnn]` (both provide the same module, so only one may be installed; the extras "
+        "bring the CUDA and cuDNN libraries that build was made for)."
     ),
     "TensorrtExecutionProvider": "Install onnxruntime-gpu together with TensorRT on a machine with an NVIDIA GPU.",
 }
@@ -92,6 +92,22 @@ def session_options(threads: int | None = None, spinning: bool = True, graph_opt
     return so
 
 
+_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip packages when onnxruntime-gpu can (``pip install
+    onnxruntime-gpu[cuda,cudnn]``); a no-op where the libraries are on the system path already."""
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    import contextlib
+    import io
+
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ort.preload_dlls()
+
+
 def create_session(model: str | os.PathLike | bytes, provider: str = "cpu", threads: int | None = None,
                    spinning: bool = True, provider_options: dict[str, Any] | None = None,
                    dynamic_shapes: bool = True, graph_optimization: str = "all",
@@ -103,6 +119,8 @@ def create_session(model: str | os.PathLike | bytes, provider: str = "cpu", thre
     """
     name = provider_name(provider)
     check_available(name)
+    if name in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        _preload_cuda_libraries()
     options = {**default_provider_options(name, dynamic_shapes), **(provider_options or {})}
     providers: list[Any] = [(name, options)] if options else [name]
     if name != "CPUExecutionProvider":

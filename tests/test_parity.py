@@ -433,3 +433,17 @@ def test_cuda_catches_the_changed_weight_in_tf32_and_float32(case, dcd_weight_ch
                         provider_options={"cuda": {"use_tf32": "0"}})
     assert not full and full.providers[0].precision == "float32"
     assert check_parity(case.onnx, case.loaded, providers="cuda", samples=4, provider_options={"cuda": {"use_tf32": "0"}})
+
+
+def test_a_tf32_failure_says_how_to_tell_rounding_from_a_bug(case, dcd_weight_changed, run_cli, monkeypatch):
+    """Seen on an H200: resnet50_dcd failed the tf32 default and passed with use_tf32=0. The message
+    must point there (simulated here by counting the CPU as TF32 with float32 tolerances)."""
+    import dcd_deploy.parity as parity
+
+    monkeypatch.setattr(parity, "compute_precision", lambda precision, provider, options: ("tf32", "simulated"))
+    monkeypatch.setitem(parity.DEFAULT_TOLERANCES, "tf32", parity.DEFAULT_TOLERANCES["float32"])
+    result = run_cli("parity", dcd_weight_changed, case.checkpoint, "--samples", SAMPLES)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = " ".join(result.output[result.output.index("error:"):].split())
+    for fragment in ("TF32", "--provider-option cpu:use_tf32=0", "TF32 rounding", "--localize"):
+        assert fragment in error, error

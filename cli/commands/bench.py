@@ -83,6 +83,9 @@ class TqdmProgress:
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Measure for this many seconds instead of a number of rounds.")
 @click.option("--cuda-graph", is_flag=True, help="Capture CUDA graphs for the ONNX Runtime GPU rows (static shapes).")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Cost model the dcd-deploy row is exported with. Default: cuda when --providers has a GPU "
+                   "provider, else cpu.")
 @click.option("--naive-exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
               help="Exporter of the naive row: auto tries dynamo=True, then dynamo=False.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE", help="Write the report as JSON.")
@@ -92,7 +95,7 @@ class TqdmProgress:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @reports_user_errors
 def command(source: str, providers: str, batches: list[int], input_size: tuple[int, int] | None, threads: int | None,
-            warmup: int, runs: int | None, duration: float | None, cuda_graph: bool, naive_exporter: str,
+            warmup: int, runs: int | None, duration: float | None, cuda_graph: bool, target: str | None, naive_exporter: str,
             json_path: str | None, markdown_path: str | None, html_path: str | None, no_progress: bool,
             **kwargs: Any) -> None:
     """Time the deployment options of a DCD model side by side, in one interleaved run.
@@ -115,14 +118,14 @@ def command(source: str, providers: str, batches: list[int], input_size: tuple[i
         if given:
             raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to checkpoints; "
                                    "an ONNX file already is the network.")
-        target: Any = source
+        subject: Any = source
     else:
-        target = load_from_options(source, **loading)
+        subject = load_from_options(source, **loading)
     progress = TqdmProgress(enabled=not no_progress)
     try:
-        result = bench(target, providers=providers, batches=batches, input_size=input_size, threads=threads,
+        result = bench(subject, providers=providers, batches=batches, input_size=input_size, threads=threads,
                        warmup=warmup, runs=runs, duration=duration, cuda_graph=cuda_graph,
-                       naive_exporter=naive_exporter, progress=progress)
+                       naive_exporter=naive_exporter, progress=progress, target=target)
     finally:
         progress.close()
     click.echo(render_table(result), nl=False)

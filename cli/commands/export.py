@@ -22,7 +22,10 @@ from ..options import input_size_option, load_from_options, loading_options, pop
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--form", type=click.Choice(["auto", "factored", "merged"]), default="auto", show_default=True,
               help="Lowered form of DCD convolutions: auto picks per layer with the cost model.")
-@click.option("--tune", is_flag=True, help="Pick each layer's form by timing both on ONNX Runtime (slower export).")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the graph will run: picks the cost model of --form auto, and the provider --tune times on.")
+@click.option("--tune", is_flag=True, help="Pick each layer's form by timing both on the target's ONNX Runtime provider "
+              "(slower export; --target cuda needs onnxruntime-gpu and a GPU).")
 @click.option("--keep-failed", is_flag=True, help="Keep the ONNX file when the self-check fails (for debugging).")
 @click.option("--no-check", is_flag=True, help="Skip the self-check against the original model on ONNX Runtime.")
 @click.option("--allow-unlowered", is_flag=True, help="Export layers that look dynamic but could not be lowered as they are.")
@@ -30,7 +33,7 @@ from ..options import input_size_option, load_from_options, loading_options, pop
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final summary.")
 @reports_user_errors
 def command(checkpoint: str, output: str, input_size: tuple[int, int], batch: int | None, dynamic_size: bool,
-            opset: int, fp16: bool, no_simplify: bool, form: str, tune: bool, keep_failed: bool, no_check: bool,
+            opset: int, fp16: bool, no_simplify: bool, form: str, target: str, tune: bool, keep_failed: bool, no_check: bool,
             allow_unlowered: bool, report_path: str | None, quiet: bool, **loading) -> None:
     """Lower the DCD layers of CHECKPOINT's network and export ONNX, then self-check it.
 
@@ -43,14 +46,14 @@ def command(checkpoint: str, output: str, input_size: tuple[int, int], batch: in
 
     start = time.perf_counter()
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True))
+    chooser = tuned_form_chooser(threads=None, target=target, on_progress=say) if tune else form  # fails fast
     say(f"loading {checkpoint}")
     loaded = load_from_options(checkpoint, **pop_loading(loading))
     say(f"network: {loaded.describe()}")
     for note in loaded.notes:
         say(f"  inferred {note}")
-    chooser = tuned_form_chooser(threads=None, on_progress=say) if tune else form
     result = export(loaded, output, input_size=input_size, batch=batch, dynamic_size=dynamic_size, opset=opset,
-                    fp16=fp16, do_simplify=not no_simplify, form=chooser, self_check=not no_check,
+                    fp16=fp16, do_simplify=not no_simplify, form=chooser, target=target, self_check=not no_check,
                     keep_failed=keep_failed, allow_unlowered=allow_unlowered, on_stage=say, progress=not quiet)
     for note in result.warnings:
         click.echo(f"warning: {note}", err=True)

@@ -112,5 +112,11 @@ def command(model: str, checkpoint: str, providers: str, provider_option: tuple[
         hint = ("Re-export the model from this checkpoint with `dcd-deploy export`"
                 + ("" if localize else ", or run again with --localize to find the first diverging DCD layer")
                 + "; if the difference is expected (e.g. a float16 model), set --atol/--rtol.")
+        tf32 = sorted({p.short for p, _ in result.failures if p.precision == "tf32"})
+        if tf32:  # TF32 rounding in deep networks can exceed the tf32 default: say how to tell it from a bug
+            hint = (f"{', '.join(tf32)} computed float32 convolutions in TF32 (10 mantissa bits). Run again with "
+                    + " ".join(f"--provider-option {p}:use_tf32=0" for p in tf32)
+                    + ": if that passes, the export is right and the difference is TF32 rounding (deploy with "
+                    "use_tf32=0 or accept it with --atol/--rtol); if it fails too, " + hint[0].lower() + hint[1:])
         raise ParityFailure("Parity failed: the ONNX model does not compute what the trained model computes "
                             f"({', '.join(f'{p.short}/{o.name}' for p, o in result.failures)}).", hint)

@@ -1,7 +1,8 @@
-"""Choose each DCD convolution's lowered form from its sizes (the forms are in ``dcd_conv``).
+"""Choose each DCD convolution's lowered form from its sizes, per target (the forms are in ``dcd_conv``).
 
-Both forms do the static convolution's C_out·C_in·HW multiply-accumulates; they differ in what
-they add on top, counted per sample in MAC-equivalents:
+Both forms do the static convolution's work; they differ in what they add on top.
+
+**CPU** (``target="cpu"``), counted per sample in MAC-equivalents:
 
 * ``factored`` adds the Q conv, the L×L MatMul and the P conv, ``HW·(L·C_in + L² + C_out·L)``
   MACs, plus full passes over the C_out×H×W output that a static conv does not make: the
@@ -14,32 +15,81 @@ they add on top, counted per sample in MAC-equivalents:
 
 The factored form needs ``FACTORED_PASSES`` passes, the merged one ``MERGED_PASSES``; the
 constants were fitted by timing both forms of every layer of the zoo networks with
-``dcd-deploy export --tune`` on a 2-core x86 CPU (see BENCHMARKS.md). ``--tune`` measures instead
-of estimating.
+``dcd-deploy export --tune`` on a 2-core x86 CPU (see BENCHMARKS.md).
+
+**CUDA** (``target="cuda"``), in microseconds: a GPU runs a batch-1 DCD layer far below its
+arithmetic rate, so the cost is the kernels launched (``CUDA_LAUNCH_US`` each: the factored form
+launches the Q conv, the MatMul, the P conv and the Mul/Add tail, the merged form the five small
+products and sums that form its kernel, the batched MatMul and its bias) plus the extra bytes
+moved at ``CUDA_BYTES_PER_US``, plus arithmetic at ``CUDA_MACS_PER_US``. CUDA graphs shrink the
+launch term; ``--tune --target cuda`` measures instead of estimating.
+
+``--tune`` measures on the target's ONNX Runtime provider instead of estimating.
 """
 
 from __future__ import annotations
 
 from .base import LayerInfo
 
+TARGETS = ("cpu", "cuda")
+
 PASS_COST = 40.0
 FACTORED_PASSES = 3.0
 MERGED_PASSES = 1.0
 
+CUDA_LAUNCH_US = 4.0
+CUDA_BYTES_PER_US = 2.0e6  # ~2 TB/s effective on small tensors
+CUDA_MACS_PER_US = 2.0e7  # ~20 TMAC/s (TF32 / fp16 tensor cores, well under peak at these sizes)
+CUDA_FACTORED_LAUNCHES = 5  # Q conv, MatMul, P conv, Mul, Add (W0's conv is the static one)
+CUDA_MERGED_LAUNCHES = 7  # P·M, s⊙W0, (P·M)·Q, add, bias product, batched MatMul, bias add
 
-def form_costs(info: LayerInfo, in_shape: tuple[int, ...]) -> dict[str, float]:
-    """Estimated extra cost over the static convolution, per sample, in MAC-equivalents."""
+
+def _out_hw(info: LayerInfo, in_shape: tuple[int, ...]) -> int:
     h, w = in_shape[2], in_shape[3]
     ho = (h + 2 * info.padding - info.kernel) // info.stride + 1
     wo = (w + 2 * info.padding - info.kernel) // info.stride + 1
-    hw = ho * wo
+    return ho * wo
+
+
+def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") -> dict[str, float]:
+    """Estimated extra cost over the static convolution, per sample: MAC-equivalents on ``cpu``,
+    microseconds on ``cuda``. Keys are the forms the layer allows."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+    hw = _out_hw(info, in_shape)
     c_in, c_out, L = info.c_in, info.c_out, info.latent
-    costs = {"factored": hw * (L * c_in + L * L + c_out * L) + FACTORED_PASSES * PASS_COST * hw * c_out}
-    if (info.kernel, info.stride) == (1, 1):
-        costs["merged"] = c_out * L * (L + c_in) + 2 * c_out * c_in + MERGED_PASSES * PASS_COST * hw * c_out
+    factored_macs = hw * (L * c_in + L * L + c_out * L)
+    merged_ok = (info.kernel, info.stride) == (1, 1)
+    merged_macs = c_out * L * (L + c_in) + 2 * c_out * c_in
+    if target == "cpu":
+        costs = {"factored": factored_macs + FACTORED_PASSES * PASS_COST * hw * c_out}
+        if merged_ok:
+            costs["merged"] = merged_macs + MERGED_PASSES * PASS_COST * hw * c_out
+        return costs
+    # cuda: bytes beyond the static conv's, float32 (fp16 halves both forms alike)
+    factored_bytes = 4 * hw * (2 * L + 2 * L + L + 4 * c_out)  # Q out, MatMul in/out, P in, Mul + Add passes
+    merged_bytes = 4 * (2 * c_out * c_in + 2 * hw * c_out)  # kernel written + read, bias pass
+    costs = {"factored": CUDA_FACTORED_LAUNCHES * CUDA_LAUNCH_US + factored_bytes / CUDA_BYTES_PER_US
+             + factored_macs / CUDA_MACS_PER_US}
+    if merged_ok:
+        costs["merged"] = (CUDA_MERGED_LAUNCHES * CUDA_LAUNCH_US + merged_bytes / CUDA_BYTES_PER_US
+                           + merged_macs / CUDA_MACS_PER_US)
     return costs
 
 
-def choose_form_by_cost(info: LayerInfo, in_shape: tuple[int, ...]) -> str:
-    costs = form_costs(info, in_shape)
+def cost_chooser(target: str = "cpu"):
+    """A form chooser ``(info, in_shape) -> form`` for ``lower_model`` using this target's costs."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+
+    def choose(info: LayerInfo, in_shape: tuple[int, ...]) -> str:
+        costs = form_costs(info, in_shape, target)
+        return min(costs, key=costs.get)
+
+    choose.target = target  # type: ignore[attr-defined]
+    return choose
+
+
+def choose_form_by_cost(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") -> str:
+    costs = form_costs(info, in_shape, target)
     return min(costs, key=costs.get)

@@ -185,21 +185,22 @@ def lower_model(
     example_input: torch.Tensor,
     choose_form: FormChooser | str = "auto",
     dynamic_size: bool = False,
+    target: str = "cpu",
     check: bool = True,
     progress: bool = False,
 ) -> tuple[nn.Module, RewriteReport]:
     """Return a lowered copy of ``model`` (eval mode) and the rewrite report.
 
     ``choose_form`` picks each DCD convolution's lowered form: a name ('factored', 'merged',
-    'auto' for the cost model) or a callable ``(info, input_shape) -> form``.
+    'auto' for ``target``'s cost model: 'cpu' or 'cuda') or a callable ``(info, input_shape) -> form``.
     The original model is left untouched.
     """
-    from .costmodel import choose_form_by_cost
+    from .costmodel import cost_chooser
 
     if isinstance(choose_form, str):
         fixed = choose_form
         if fixed == "auto":
-            choose_form = choose_form_by_cost
+            choose_form = cost_chooser(target)
         else:
             choose_form = lambda info, shape: fixed if (fixed != "merged" or (info.kernel, info.stride) == (1, 1)) else "factored"  # noqa: E731
     model = copy.deepcopy(model).eval()
