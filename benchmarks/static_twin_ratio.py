@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     forms = args.form.split(",")
     if bad := [f for f in forms if f not in FORMS]:
         ap.error(f"unknown form(s) {bad}; choose from {FORMS}")
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     results = {"versions": versions(), "machine": machine(), "provider": args.provider, "threads": args.threads,
                "size": args.size, "cuda_graph": args.cuda_graph, "rows": []}
     if args.provider == "cuda":

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,8 +55,8 @@ class _Timed:
 
 def _time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...], forms: list[str], threads: int | None,
                 runs: int, provider: str = "cpu") -> dict[str, float]:
-    from .onnx_export import simplify
     from .lowering.dcd_conv import ConvLowering, LoweredDcdConv
+    from .onnx_export import simplify
 
     x = torch.randn(*in_shape, generator=torch.Generator().manual_seed(0))
     sessions = {}

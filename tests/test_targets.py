@@ -9,8 +9,8 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-
 from conftest import SMALL_INPUT, assert_user_error
+
 from dcd_deploy.bench import REDUCED_PRECISION_RTOL, bench
 from dcd_deploy.lowering import find_dcd_layers, lower_model
 from dcd_deploy.lowering.costmodel import choose_form_by_cost, cost_chooser, form_costs
