@@ -10,56 +10,27 @@ with one candidate (3×3 or strided) are not timed.
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
 from .lowering.base import LayerInfo
-from .lowering.costmodel import form_costs
-
-TARGET_PROVIDERS = {"cpu": "cpu", "cuda": "cuda"}
-
-
-class _Timed:
-    """One candidate's session; on CUDA the input and output live on the GPU (IO binding)."""
-
-    def __init__(self, graph: bytes, x: np.ndarray, provider: str, threads: int | None):
-        from .runtime import create_session
-
-        self.session = create_session(graph, provider, threads=threads, spinning=False, dynamic_shapes=False)
-        self.feed = {self.session.get_inputs()[0].name: x}
-        self.binding: Any = None
-        if provider == "cuda":
-            import onnxruntime as ort
-
-            self.binding = self.session.io_binding()
-            self._x = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            self.binding.bind_ortvalue_input(self.session.get_inputs()[0].name, self._x)
-            for out in self.session.get_outputs():
-                self.binding.bind_output(out.name, "cuda", 0)
-
-    def run(self) -> float:
-        t = time.perf_counter()
-        if self.binding is not None:
-            self.session.run_with_iobinding(self.binding)
-            self.binding.synchronize_outputs()
-        else:
-            self.session.run(None, self.feed)
-        return time.perf_counter() - t
+from .lowering.costmodel import TARGETS, form_costs
 
 
 def _time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...], forms: list[str], threads: int | None,
                 runs: int, provider: str = "cpu") -> dict[str, float]:
+    from .bench import OrtRunner
+    from .errors import LoweringError, ProviderUnavailableError
+    from .latency import measure_interleaved
     from .lowering.dcd_conv import ConvLowering, LoweredDcdConv
     from .onnx_export import simplify
+    from .runtime import provider_name
 
     x = torch.randn(*in_shape, generator=torch.Generator().manual_seed(0))
-    sessions = {}
+    runners: dict[str, OrtRunner] = {}
     for form in forms:
         lowered = LoweredDcdConv.from_layer(layer, info, None, ConvLowering(form, (in_shape[2], in_shape[3])))
         buf = io.BytesIO()
@@ -67,15 +38,17 @@ def _time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ..
             warnings.simplefilter("ignore")
             torch.onnx.export(lowered, (x,), buf, dynamo=False, input_names=["input"], output_names=["out"])
         graph, _ = simplify(onnx.load_from_string(buf.getvalue()))
-        sessions[form] = _Timed(graph.SerializeToString(), x.numpy(), provider, threads)
-    for s in sessions.values():
-        for _ in range(3 if provider == "cuda" else 1):
-            s.run()
-    times: dict[str, list[float]] = {f: [] for f in forms}
-    for _ in range(runs):
-        for form, s in sessions.items():
-            times[form].append(s.run())
-    return {f: float(np.median(v)) for f, v in times.items()}
+        runners[form] = OrtRunner(form, graph.SerializeToString(), x.numpy(), provider_name(provider), threads,  # type: ignore[arg-type]
+                                  cuda_graph=False)
+    measured = measure_interleaved(list(runners.values()), warmup=3 if provider == "cuda" else 1, runs=runs,
+                                   threads=threads)
+    for runner, m in zip(runners.values(), measured):
+        runner.close()
+        if m.stats is None:
+            error = ProviderUnavailableError if runner.provider_failed else LoweringError
+            raise error(f"--tune could not time the {m.label} form of {info.summary()}: {m.skipped}.",
+                        "Export without --tune (the cost model chooses) or report the layer.")
+    return {m.label: m.stats.p50 for m in measured}
 
 
 def tuned_form_chooser(threads: int | None = None, runs: int = 15, target: str = "cpu",
@@ -88,7 +61,9 @@ def tuned_form_chooser(threads: int | None = None, runs: int = 15, target: str =
     """
     from .runtime import check_available, provider_name
 
-    provider = TARGET_PROVIDERS[target]
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+    provider = target  # the runtime provider of each target has the target's name
     check_available(provider_name(provider))
     cache: dict[tuple, str] = {}
 

@@ -91,5 +91,4 @@ def cost_chooser(target: str = "cpu"):
 
 
 def choose_form_by_cost(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") -> str:
-    costs = form_costs(info, in_shape, target)
-    return min(costs, key=costs.get)
+    return cost_chooser(target)(info, in_shape)
