@@ -9,10 +9,17 @@ values), these ONNX graphs are built from the same model:
 * ``dcd-deploy``: ``dcd_deploy.export`` (lowered, folded, simplified), one graph per ``--form``:
   ``auto`` (CPU cost model), ``cuda`` (CUDA cost model), ``tune`` (each layer's form timed on the
   provider), ``factored``, ``merged``. With ``--fp16`` the static twin and every dcd-deploy graph
-  are also exported in float16 and compared with the float16 twin.
+  are also exported in float16 and compared with the float16 twin;
+* ``floor`` (``--floor``): a lower bound, not a correct model. The ``auto`` lowering with every DCD
+  layer's low-rank branch P·Φ·Q deleted, so each layer is its static convolution W0 (or the merged
+  MatMul with K = diag(s)·W0) scaled per sample and channel by s = Λ(x), with the attention MLP that
+  computes s. Any lowering into static convolutions and batched MatMuls does at least this much
+  beyond the static twin (pool the layer input, run the attention MLP, apply a per-sample channel
+  scale), so the floor's ratio shows how far the graph vocabulary itself can go on a provider.
 
 All sessions run on one ONNX Runtime provider with the same thread count and intra-op spinning
-off, in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
+off (``--spinning on``: ONNX Runtime's default, each turn then runs 5 inferences so that one
+session's spinning threads do not slow the next), in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
 of ``dcd-deploy bench``; GPU sessions bind input and output on the device); the table gives
 medians and ratios to ``static``. Every graph's output is compared with the original PyTorch
 network (max |Δ| / max |ref|).
@@ -20,6 +27,7 @@ network (max |Δ| / max |ref|).
     python benchmarks/static_twin_ratio.py                    # the BENCHMARKS.md CPU table
     python benchmarks/static_twin_ratio.py --models resnet18_dcd --batches 1 --runs 20
     python benchmarks/static_twin_ratio.py --provider cuda --cuda-graph both --fp16 --form auto,cuda,tune
+    python benchmarks/static_twin_ratio.py --no-plain --floor --spinning on   # the floor, default threading
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import torch
 
 from dcd_deploy.bench import OrtRunner, naive_export
 from dcd_deploy.latency import measure_interleaved
+from dcd_deploy.lowering import lower_model
+from dcd_deploy.lowering.dcd_conv import LoweredDcdConv
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.onnx_export import export
 from dcd_deploy.runtime import provider_name
@@ -51,10 +61,58 @@ MODELS = {
     "resnet18_dcd": {},
 }
 FORMS = ("auto", "cuda", "tune", "factored", "merged")
+SPIN_BLOCK = 5  # inferences per turn with --spinning on
+
+
+class ScaleOnlyConv(LoweredDcdConv):
+    """A lowered DCD convolution with its low-rank branch P·Φ·Q deleted (the ``floor`` graph).
+
+    Keeps what every lowering must do: pool x, run the attention MLP for s, scale W0's output per
+    sample and channel, add the folded bias. It computes a different function than the DCD layer.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(self.pool(x))
+        y = y * torch.clamp(self.se(y), 0.0, 6.0)
+        s = torch.clamp(self.scale(y), 0.0, 6.0)
+        if self.form == "merged":
+            h, w = self.in_hw
+            out = torch.matmul(s.unsqueeze(2) * self.w0, x.reshape(-1, self.c_in, h * w)) + self.p_b
+            return out.view(-1, self.c_out, h, w)
+        return self.conv(x) * s.view(-1, self.c_out, 1, 1) + self.p.bias.view(1, -1, 1, 1)
+
+
+def floor_model(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """The ``auto``-lowered network with every DCD convolution made a :class:`ScaleOnlyConv`."""
+    lowered, _ = lower_model(model, torch.randn(1, 3, size, size), check=False)
+    for module in lowered.modules():
+        if isinstance(module, LoweredDcdConv):
+            module.__class__ = ScaleOnlyConv
+    return lowered
+
+
+class Block:
+    """Runs its runner ``n`` times per turn of the interleaved rounds."""
+
+    def __init__(self, runner: OrtRunner, n: int):
+        self.runner, self.n, self.label, self.batch = runner, n, runner.label, runner.batch
+
+    def setup(self) -> None:
+        self.runner.setup()
+
+    def run(self) -> None:
+        for _ in range(self.n):
+            self.runner.run()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def output(self) -> np.ndarray | None:
+        return self.runner.output()
 
 
 def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: str, plain: bool, fp16: bool,
-                 tmp: Path, log) -> tuple[dict[str, bytes], dict[str, object]]:
+                 floor: bool, tmp: Path, log) -> tuple[dict[str, bytes], dict[str, object]]:
     graphs: dict[str, bytes] = {}
     info: dict[str, object] = {}
     twin = static_twin(model)
@@ -82,18 +140,23 @@ def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: 
             graphs[key] = result.path.read_bytes()
             info[key] = {f: sum(1 for layer in result.report.lowered if layer.form == f) for f in ("factored", "merged")}
         log(f"  {form}: forms {info[key]} ({time.perf_counter() - t:.1f} s)")
+    if floor:
+        graphs["floor"] = export(floor_model(model, size), tmp / "floor.onnx", input_size=size, allow_unlowered=True,
+                                 self_check=False).path.read_bytes()
     return graphs, info
 
 
 def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int, runs: int, cuda_graph: str,
-            ref: np.ndarray) -> dict[str, dict[str, float]]:
+            ref: np.ndarray, spinning: bool = False) -> dict[str, dict[str, float]]:
     modes = {"off": [False], "on": [True], "both": [False, True]}[cuda_graph] if provider != "cpu" else [False]
     runners, keys = [], []
     for graph_mode in modes:
         for key, data in graphs.items():
             label = key + ("+graph" if graph_mode else "")
-            runners.append(OrtRunner(label, data, x, provider_name(provider), threads, graph_mode))
+            runner = OrtRunner(label, data, x, provider_name(provider), threads, graph_mode, spinning=spinning)
+            runners.append(Block(runner, SPIN_BLOCK) if spinning else runner)
             keys.append(label)
+    per_turn = SPIN_BLOCK if spinning else 1
     results = measure_interleaved(runners, warmup=5 if provider == "cpu" else 20, runs=runs, threads=threads)
     out: dict[str, dict[str, float]] = {}
     for key, runner, m in zip(keys, runners, results):
@@ -102,7 +165,7 @@ def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int
             continue
         o = runner.output()
         err = float(np.abs(o.astype(np.float64) - ref).max() / np.abs(ref).max()) if o is not None else float("nan")
-        out[key] = {"median_s": m.stats.p50, "rel_err": err}
+        out[key] = {"median_s": m.stats.p50 / per_turn, "rel_err": err}
         runner.close()
     return out
 
@@ -121,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp16", action="store_true", help="also compare float16 graphs with the float16 static twin")
     ap.add_argument("--cuda-graph", choices=["off", "on", "both"], default="off")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain torch.onnx export (slow to make)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the floor: the auto lowering with each DCD layer's low-rank branch deleted "
+                         "(a lower bound for this graph vocabulary, not a correct model)")
+    ap.add_argument("--spinning", choices=["off", "on"], default="off",
+                    help="ONNX Runtime intra-op thread spinning (on: its default; each turn runs "
+                         f"{SPIN_BLOCK} inferences)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
     forms = args.form.split(",")
@@ -134,18 +203,20 @@ def main(argv: list[str] | None = None) -> int:
 
         results["device"] = device_name("cuda")
     where = "CPU" if args.provider == "cpu" else f"CUDA ({results.get('device')}), CUDA graphs {args.cuda_graph}"
-    lines = [f"ONNX Runtime {results['versions']['onnxruntime']} {where}, {args.threads} threads, spinning off, "
+    results["spinning"] = args.spinning
+    lines = [f"ONNX Runtime {results['versions']['onnxruntime']} {where}, {args.threads} threads, spinning {args.spinning}, "
              f"{args.size}×{args.size}, medians of interleaved runs; ratio = latency / static twin "
              "(fp16 rows: / fp16 static twin); err = max|Δ|/max|ref| against the PyTorch network",
-             "| model | batch | graph | static ms | plain export ms (ratio) | dcd-deploy ms (ratio) | nodes static / plain / dcd-deploy |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | batch | graph | static ms | plain export ms (ratio) | dcd-deploy ms (ratio) | "
+             + ("floor ms (ratio) | " if args.floor else "") + "nodes static / plain / dcd-deploy |",
+             "|---|---|---|---|---|---|---|" + ("---|" if args.floor else "")]
     print("\n".join(lines), flush=True)
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
         log(f"{name}: exporting")
         with tempfile.TemporaryDirectory() as tmp:
-            graphs, info = build_graphs(model, args.size, forms, args.provider, not args.no_plain, args.fp16, Path(tmp), log)
+            graphs, info = build_graphs(model, args.size, forms, args.provider, not args.no_plain, args.fp16, args.floor, Path(tmp), log)
         nodes = {k: len(onnx.load_from_string(g).graph.node) for k, g in graphs.items()}
         for batch in [int(b) for b in args.batches.split(",")]:
             runs = max(8, args.runs // batch * 2) if batch > 1 and args.provider == "cpu" else args.runs
@@ -154,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 ref = model.double()(torch.from_numpy(x).double()).numpy()
             model.float()
             log(f"{name} batch {batch}: measuring {len(graphs)} graphs")
-            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref)
+            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref, args.spinning == "on")
             results["rows"].append({"model": name, "batch": batch, "runs": runs, "nodes": nodes, "forms": info,
                                     "results": res})
             for mode in sorted({k.endswith("+graph") for k in res}):
@@ -165,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"| {name} | {batch} | {prec or 'fp32'}{suffix} | static: {static.get('skipped')} |")
                         continue
                     cells = []
-                    for key in ("plain" if not prec else None, "dcd-deploy" + prec):
+                    keys = ["plain" if not prec else None, "dcd-deploy" + prec] + (["floor" if not prec else None]
+                                                                                  if args.floor else [])
+                    for key in keys:
                         r = res.get(f"{key}{suffix}") if key else None
                         if key is None or (key == "plain" and args.no_plain):
                             cells.append("-")
@@ -174,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                         elif "median_s" not in r:
                             cells.append(f"skipped: {r['skipped']}")
                         else:
-                            cells.append(f"{r['median_s'] * 1e3:.2f} ({r['median_s'] / static['median_s']:.2f}×, "
-                                         f"err {r['rel_err']:.1e})")
+                            # the floor computes another function: its error says nothing
+                            err = "" if key == "floor" else f", err {r['rel_err']:.1e}"
+                            cells.append(f"{r['median_s'] * 1e3:.2f} ({r['median_s'] / static['median_s']:.2f}×{err})")
                     print(f"| {name} | {batch} | {prec[1:] or 'fp32'}{suffix} | {static['median_s'] * 1e3:.2f} | "
-                          f"{cells[0]} | {cells[1]} | {nodes['static' + prec]} / {nodes.get('plain', '-')} / "
+                          + " | ".join(cells) + f" | {nodes['static' + prec]} / {nodes.get('plain', '-')} / "
                           f"{nodes['dcd-deploy' + prec]} |", flush=True)
                     for key, r in res.items():
                         if key.startswith("dcd-deploy[") and key.endswith(prec + suffix) and (prec or "-fp16" not in key) \

@@ -10,12 +10,17 @@ Both forms do the static convolution's work; they differ in what they add on top
   layout reorders around them (its blocked NCHWc convolutions cannot take a broadcast Mul).
   Each pass moves memory rather than doing arithmetic; ``PASS_COST`` converts one element of
   such a pass into MAC-equivalents.
-* ``merged`` adds forming the per-sample kernel, ``C_out·L·(L + C_in) + 2·C_out·C_in`` MACs
-  (a batch of small matrix products), and one pass over the output (its bias).
+* ``merged`` adds forming the per-sample kernel, ``C_out·L·(L + C_in)`` MACs (a batch of small
+  matrix products), the C_out×C_in kernel itself (``KERNEL_COST`` per element: it is written by
+  small unfused ops and read back by the batched MatMul, once per sample, where a static conv
+  reads its packed weights once per batch), and one pass over the output (its bias). On small
+  maps with many channels the kernel is larger than the output, and the factored form wins.
 
-The factored form needs ``FACTORED_PASSES`` passes, the merged one ``MERGED_PASSES``; the
-constants were fitted by timing both forms of every layer of the zoo networks with
-``dcd-deploy export --tune`` on a 2-core x86 CPU (see BENCHMARKS.md).
+The factored form needs ``FACTORED_PASSES`` passes, the merged one ``MERGED_PASSES``, and the
+factored form's extra nodes cost ``FACTORED_FIXED`` per layer. The constants come from timing both forms of every distinct 1×1 layer of mobilenetv2_dcd and
+resnet50_dcd at batch 1 and 8 on a 2-core x86 CPU (``python benchmarks/fit_cost_model.py``,
+see BENCHMARKS.md): with them the model picks the faster form except where the two are within
+a few per cent.
 
 **CUDA** (``target="cuda"``), in microseconds: a GPU runs a batch-1 DCD layer far below its
 arithmetic rate, so the cost is the kernels launched (``CUDA_LAUNCH_US`` each: the factored form
@@ -33,9 +38,11 @@ from .base import LayerInfo
 
 TARGETS = ("cpu", "cuda")
 
-PASS_COST = 40.0
+PASS_COST = 10.0
 FACTORED_PASSES = 3.0
 MERGED_PASSES = 1.0
+KERNEL_COST = 55.0
+FACTORED_FIXED = 2.0e5  # its extra nodes (Q and P convs, MatMul, reorders), a few µs per layer
 
 CUDA_LAUNCH_US = 4.0
 CUDA_BYTES_PER_US = 2.0e6  # ~2 TB/s effective on small tensors
@@ -62,9 +69,10 @@ def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") 
     merged_ok = (info.kernel, info.stride) == (1, 1)
     merged_macs = c_out * L * (L + c_in) + 2 * c_out * c_in
     if target == "cpu":
-        costs = {"factored": factored_macs + FACTORED_PASSES * PASS_COST * hw * c_out}
+        costs = {"factored": factored_macs + FACTORED_PASSES * PASS_COST * hw * c_out + FACTORED_FIXED}
         if merged_ok:
-            costs["merged"] = merged_macs + MERGED_PASSES * PASS_COST * hw * c_out
+            costs["merged"] = (c_out * L * (L + c_in) + KERNEL_COST * c_out * c_in
+                               + MERGED_PASSES * PASS_COST * hw * c_out)
         return costs
     # cuda: bytes beyond the static conv's, float32 (fp16 halves both forms alike)
     factored_bytes = 4 * hw * (2 * L + 2 * L + L + 4 * c_out)  # Q out, MatMul in/out, P in, Mul + Add passes

@@ -1,0 +1,75 @@
+"""The committed benchmark commands run and report what BENCHMARKS.md quotes (at toy sizes).
+
+Timings are not asserted (they belong to the benchmarks); what is: the graphs are built, the
+dcd-deploy graph matches PyTorch, the floor graph exists and differs from the DCD network, and the
+cost-model fit reports every layer and a best fit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from dcd_deploy.lowering import lower_model
+from dcd_deploy.zoo import create_model
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_static_twin_ratio_with_floor(tmp_path, capsys):
+    ratio = _load("static_twin_ratio")
+    out = tmp_path / "r.json"
+    assert ratio.main(["--models", "resnet18_dcd", "--size", "32", "--batches", "1,2", "--runs", "2", "--no-plain",
+                       "--floor", "--form", "auto,merged", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["batch"]) for r in rows] == [("resnet18_dcd", 1), ("resnet18_dcd", 2)]
+    for row in rows:
+        res = row["results"]
+        assert {"static", "dcd-deploy", "dcd-deploy[merged]", "floor"} <= set(res)
+        assert res["dcd-deploy"]["rel_err"] < 1e-4 and res["dcd-deploy[merged]"]["rel_err"] < 1e-4
+        assert res["floor"]["rel_err"] > 1e-3  # the low-rank branch is gone: another function
+        assert all(r["median_s"] > 0 for r in res.values())
+    table = capsys.readouterr().out
+    assert "floor ms (ratio)" in table and "| resnet18_dcd | 2 | fp32 |" in table
+
+
+def test_floor_model_drops_only_the_low_rank_branch():
+    ratio = _load("static_twin_ratio")
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_dcd", num_classes=10, width_mult=0.35).eval()
+    floor = ratio.floor_model(model, 32)
+    lowered, report = lower_model(model, torch.randn(1, 3, 32, 32))
+    convs = [m for m in floor.modules() if isinstance(m, ratio.ScaleOnlyConv)]
+    assert len(convs) == sum(1 for layer in report.lowered if layer.form in ("factored", "merged"))
+    # with the low-rank branch's projection P zeroed, the DCD layer is exactly its floor
+    for module in lowered.modules():
+        if hasattr(module, "p_w"):
+            module.p_w.zero_()
+        elif hasattr(module, "p") and hasattr(module, "phi"):
+            module.p.weight.data.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(floor(x), lowered(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_cost_model_reports_each_layer(tmp_path, capsys):
+    fit = _load("fit_cost_model")
+    out = tmp_path / "fit.json"
+    assert fit.main(["--models", "mobilenetv2_dcd", "--size", "32", "--batches", "1", "--runs", "2",
+                     "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) >= 10 and all(r["factored"] > 0 and r["merged"] > 0 for r in rows)
+    text = capsys.readouterr().out
+    assert "current constants: lose" in text and "least loss" in text
