@@ -12,6 +12,7 @@ current constants lose.
 
     python benchmarks/fit_cost_model.py                  # mobilenetv2_dcd, resnet50_dcd; batch 1 and 8
     python benchmarks/fit_cost_model.py --models resnet50_dcd --batches 1 --json layers.json
+    python benchmarks/fit_cost_model.py --load layers.json --also 2,80,0   # re-score saved measurements
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dcd_deploy.lowering import lower_model
-from dcd_deploy.lowering import costmodel
+from dcd_deploy.lowering import costmodel, lower_model
 from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.tuning import time_forms
 from dcd_deploy.zoo import create_model
@@ -50,10 +50,10 @@ def one_by_one_layers(model: torch.nn.Module, size: int) -> list[tuple]:
 
 def decision_cost(row: dict, kernel_cost: float, pass_diff: float, fixed: float) -> float:
     """merged minus factored in the cost model's units (negative: merged), per sample."""
-    c_in, c_out, L, hw = row["c_in"], row["c_out"], row["latent"], row["hw"]
-    factored = hw * (L * c_in + L * L + c_out * L) + pass_diff * hw * c_out + fixed
-    merged = c_out * L * (L + c_in) + kernel_cost * c_out * c_in
-    return merged - factored
+    costs = costmodel.cpu_costs(row["c_in"], row["c_out"], row["latent"], row["hw"], kernel_cost=kernel_cost,
+                                pass_cost=pass_diff / (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES),
+                                factored_fixed=fixed)
+    return costs["merged"] - costs["factored"]
 
 
 def lost_time(rows: list[dict], kernel_cost: float, pass_diff: float, fixed: float) -> tuple[float, list[dict]]:
@@ -70,7 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=15, help="timed rounds per layer at batch 1 (8 at larger batches)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
+    ap.add_argument("--load", type=Path, help="score the measurements of an earlier --json run instead of measuring")
+    ap.add_argument("--also", action="append", default=[], metavar="K,D,F",
+                    help="also report the loss of these constants (KERNEL_COST, pass difference, FACTORED_FIXED)")
     args = ap.parse_args(argv)
+    try:
+        others = [tuple(float(v) for v in a.split(",")) for a in args.also]
+    except ValueError:
+        ap.error("--also takes three numbers: KERNEL_COST,PASS_DIFFERENCE,FACTORED_FIXED")
+    if any(len(o) != 3 for o in others):
+        ap.error("--also takes three numbers: KERNEL_COST,PASS_DIFFERENCE,FACTORED_FIXED")
     batches = [int(b) for b in args.batches.split(",")]
     current = (costmodel.KERNEL_COST, (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES) * costmodel.PASS_COST,
                costmodel.FACTORED_FIXED)
@@ -80,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{current[1]:g}, FACTORED_FIXED {current[2]:g})")
     print("| model | C_in→C_out | L | map | batch | factored ms | merged ms | merged/factored | choice |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
+    if args.load:
+        rows = json.loads(args.load.read_text())["rows"]
+        for row in rows:
+            choice = "merged" if decision_cost(row, *current) < 0 else "factored"
+            faster = "merged" if row["merged"] < row["factored"] else "factored"
+            print(f"| {row['model']} | {row['c_in']}→{row['c_out']} | {row['latent']} | {row['map']} | {row['batch']} | "
+                  f"{row['factored'] * row['batch'] * 1e3:.3f} | {row['merged'] * row['batch'] * 1e3:.3f} | "
+                  f"{row['merged'] / row['factored']:.2f} | {choice}{'' if choice == faster else ' (slower)'} |")
+    for name in (args.models.split(",") if not args.load else []):
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
         for info, in_shape, layer in one_by_one_layers(model, args.size):
@@ -101,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             for f in (0, 1e5, 2e5, 3e5, 5e5)]
     best_loss = min(g[0] for g in grid)
     best = [(k, d, f) for loss, k, d, f in grid if loss <= best_loss + 1e-12]
-    loss, wrong = lost_time(rows, *current)
     total = sum(min(r["merged"], r["factored"]) for r in rows)
-    print(f"\ncurrent constants: lose {loss * 1e3:.3f} ms per sample over {len(rows)} measurements "
-          f"({100 * loss / total:.1f} % of the best choice's {total * 1e3:.2f} ms); wrong on "
-          + (", ".join(f"{r['model']} {r['c_in']}→{r['c_out']} at {r['map']} b{r['batch']} "
-                       f"(merged/factored {r['merged'] / r['factored']:.2f})" for r in wrong) or "none"))
+    print()
+    for label, constants in [("current constants", current)] + [(f"constants {o}", o) for o in others]:
+        loss, wrong = lost_time(rows, *constants)
+        print(f"{label}: lose {loss * 1e3:.3f} ms per sample over {len(rows)} measurements "
+              f"({100 * loss / total:.1f} % of the best choice's {total * 1e3:.2f} ms); wrong on "
+              + (", ".join(f"{r['model']} {r['c_in']}→{r['c_out']} at {r['map']} b{r['batch']} "
+                           f"(merged/factored {r['merged'] / r['factored']:.2f})" for r in wrong) or "none"))
     ks = sorted({b[0] for b in best})
     print(f"least loss {best_loss * 1e3:.3f} ms with KERNEL_COST in {ks[0]}..{ks[-1]} "
           f"(e.g. {best[len(best) // 2]} as (KERNEL_COST, pass difference, FACTORED_FIXED)); "

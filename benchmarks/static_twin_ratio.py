@@ -8,7 +8,8 @@ values), these ONNX graphs are built from the same model:
 * ``plain``: ``torch.onnx.export(dynamo=True)`` of the original DCD network (``--no-plain`` skips it);
 * ``dcd-deploy``: ``dcd_deploy.export`` (lowered, folded, simplified), one graph per ``--form``:
   ``auto`` (CPU cost model), ``cuda`` (CUDA cost model), ``tune`` (each layer's form timed on the
-  provider), ``factored``, ``merged``. With ``--fp16`` the static twin and every dcd-deploy graph
+  provider), ``factored``, ``merged``, or ``cpu:K:D:F``: the CPU cost model with other constants
+  (KERNEL_COST, pass difference, FACTORED_FIXED; see ``benchmarks/fit_cost_model.py``). With ``--fp16`` the static twin and every dcd-deploy graph
   are also exported in float16 and compared with the float16 twin;
 * ``floor`` (``--floor``): a lower bound, not a correct model. The ``auto`` lowering with every DCD
   layer's low-rank branch P·Φ·Q deleted, so each layer is its static convolution W0 (or the merged
@@ -18,8 +19,7 @@ values), these ONNX graphs are built from the same model:
   scale), so the floor's ratio shows how far the graph vocabulary itself can go on a provider.
 
 All sessions run on one ONNX Runtime provider with the same thread count and intra-op spinning
-off (``--spinning on``: ONNX Runtime's default, each turn then runs 5 inferences so that one
-session's spinning threads do not slow the next), in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
+off, in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
 of ``dcd-deploy bench``; GPU sessions bind input and output on the device); the table gives
 medians and ratios to ``static``. Every graph's output is compared with the original PyTorch
 network (max |Δ| / max |ref|).
@@ -27,7 +27,7 @@ network (max |Δ| / max |ref|).
     python benchmarks/static_twin_ratio.py                    # the BENCHMARKS.md CPU table
     python benchmarks/static_twin_ratio.py --models resnet18_dcd --batches 1 --runs 20
     python benchmarks/static_twin_ratio.py --provider cuda --cuda-graph both --fp16 --form auto,cuda,tune
-    python benchmarks/static_twin_ratio.py --no-plain --floor --spinning on   # the floor, default threading
+    python benchmarks/static_twin_ratio.py --no-plain --floor              # with the lower bound
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch
 
 from dcd_deploy.bench import OrtRunner, naive_export
 from dcd_deploy.latency import measure_interleaved
-from dcd_deploy.lowering import lower_model
+from dcd_deploy.lowering import costmodel, lower_model
 from dcd_deploy.lowering.dcd_conv import LoweredDcdConv
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.onnx_export import export
@@ -61,7 +61,6 @@ MODELS = {
     "resnet18_dcd": {},
 }
 FORMS = ("auto", "cuda", "tune", "factored", "merged")
-SPIN_BLOCK = 5  # inferences per turn with --spinning on
 
 
 class ScaleOnlyConv(LoweredDcdConv):
@@ -91,24 +90,27 @@ def floor_model(model: torch.nn.Module, size: int) -> torch.nn.Module:
     return lowered
 
 
-class Block:
-    """Runs its runner ``n`` times per turn of the interleaved rounds."""
+def constants_chooser(spec: str):
+    """``cpu:K:D:F``: choose with the CPU cost model's KERNEL_COST K, pass difference D, FACTORED_FIXED F."""
+    k, d, f = (float(v) for v in spec.split(":")[1:])
 
-    def __init__(self, runner: OrtRunner, n: int):
-        self.runner, self.n, self.label, self.batch = runner, n, runner.label, runner.batch
+    def choose(info, in_shape):
+        merged_ok = (info.kernel, info.stride) == (1, 1)
+        costs = costmodel.cpu_costs(info.c_in, info.c_out, info.latent, costmodel.out_pixels(info, in_shape),
+                                    merged_ok, kernel_cost=k, factored_fixed=f,
+                                    pass_cost=d / (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES))
+        return min(costs, key=costs.get)
 
-    def setup(self) -> None:
-        self.runner.setup()
+    return choose
 
-    def run(self) -> None:
-        for _ in range(self.n):
-            self.runner.run()
 
-    def close(self) -> None:
-        self.runner.close()
-
-    def output(self) -> np.ndarray | None:
-        return self.runner.output()
+def _known_form(form: str) -> bool:
+    if form.startswith("cpu:"):
+        try:
+            return len([float(v) for v in form.split(":")[1:]]) == 3
+        except ValueError:
+            return False
+    return form in FORMS
 
 
 def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: str, plain: bool, fp16: bool,
@@ -131,11 +133,13 @@ def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: 
             chooser, target = tuned_form_chooser(target=provider), provider
         elif form == "cuda":
             chooser, target = "auto", "cuda"
+        elif form.startswith("cpu:"):
+            chooser, target = constants_chooser(form), "cpu"
         else:
             chooser, target = form, "cpu"
         for half in ([False, True] if fp16 else [False]):
             key = ("dcd-deploy" if i == 0 else f"dcd-deploy[{form}]") + ("-fp16" if half else "")
-            result = export(model, tmp / f"{form}.onnx", input_size=size, form=chooser, target=target, fp16=half,
+            result = export(model, tmp / f"form{i}.onnx", input_size=size, form=chooser, target=target, fp16=half,
                             self_check=False)
             graphs[key] = result.path.read_bytes()
             info[key] = {f: sum(1 for layer in result.report.lowered if layer.form == f) for f in ("factored", "merged")}
@@ -147,16 +151,14 @@ def build_graphs(model: torch.nn.Module, size: int, forms: list[str], provider: 
 
 
 def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int, runs: int, cuda_graph: str,
-            ref: np.ndarray, spinning: bool = False) -> dict[str, dict[str, float]]:
+            ref: np.ndarray) -> dict[str, dict[str, float]]:
     modes = {"off": [False], "on": [True], "both": [False, True]}[cuda_graph] if provider != "cpu" else [False]
     runners, keys = [], []
     for graph_mode in modes:
         for key, data in graphs.items():
             label = key + ("+graph" if graph_mode else "")
-            runner = OrtRunner(label, data, x, provider_name(provider), threads, graph_mode, spinning=spinning)
-            runners.append(Block(runner, SPIN_BLOCK) if spinning else runner)
+            runners.append(OrtRunner(label, data, x, provider_name(provider), threads, graph_mode))
             keys.append(label)
-    per_turn = SPIN_BLOCK if spinning else 1
     results = measure_interleaved(runners, warmup=5 if provider == "cpu" else 20, runs=runs, threads=threads)
     out: dict[str, dict[str, float]] = {}
     for key, runner, m in zip(keys, runners, results):
@@ -165,7 +167,7 @@ def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int
             continue
         o = runner.output()
         err = float(np.abs(o.astype(np.float64) - ref).max() / np.abs(ref).max()) if o is not None else float("nan")
-        out[key] = {"median_s": m.stats.p50 / per_turn, "rel_err": err}
+        out[key] = {"median_s": m.stats.p50, "rel_err": err}
         runner.close()
     return out
 
@@ -187,14 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true",
                     help="also time the floor: the auto lowering with each DCD layer's low-rank branch deleted "
                          "(a lower bound for this graph vocabulary, not a correct model)")
-    ap.add_argument("--spinning", choices=["off", "on"], default="off",
-                    help="ONNX Runtime intra-op thread spinning (on: its default; each turn runs "
-                         f"{SPIN_BLOCK} inferences)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
     forms = args.form.split(",")
-    if bad := [f for f in forms if f not in FORMS]:
-        ap.error(f"unknown form(s) {bad}; choose from {FORMS}")
+    if bad := [f for f in forms if not _known_form(f)]:
+        ap.error(f"unknown form(s) {bad}; choose from {FORMS} or cpu:K:D:F")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     results = {"versions": versions(), "machine": machine(), "provider": args.provider, "threads": args.threads,
                "size": args.size, "cuda_graph": args.cuda_graph, "rows": []}
@@ -203,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
 
         results["device"] = device_name("cuda")
     where = "CPU" if args.provider == "cpu" else f"CUDA ({results.get('device')}), CUDA graphs {args.cuda_graph}"
-    results["spinning"] = args.spinning
-    lines = [f"ONNX Runtime {results['versions']['onnxruntime']} {where}, {args.threads} threads, spinning {args.spinning}, "
-             f"{args.size}×{args.size}, medians of interleaved runs; ratio = latency / static twin "
-             "(fp16 rows: / fp16 static twin); err = max|Δ|/max|ref| against the PyTorch network",
+    lines = [(f"ONNX Runtime {results['versions']['onnxruntime']} {where}, {args.threads} threads, spinning off, "
+              f"{args.size}×{args.size}, medians of interleaved runs; ratio = latency / static twin "
+              "(fp16 rows: / fp16 static twin); err = max|Δ|/max|ref| against the PyTorch network"),
              "| model | batch | graph | static ms | plain export ms (ratio) | dcd-deploy ms (ratio) | "
              + ("floor ms (ratio) | " if args.floor else "") + "nodes static / plain / dcd-deploy |",
              "|---|---|---|---|---|---|---|" + ("---|" if args.floor else "")]
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 ref = model.double()(torch.from_numpy(x).double()).numpy()
             model.float()
             log(f"{name} batch {batch}: measuring {len(graphs)} graphs")
-            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref, args.spinning == "on")
+            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref)
             results["rows"].append({"model": name, "batch": batch, "runs": runs, "nodes": nodes, "forms": info,
                                     "results": res})
             for mode in sorted({k.endswith("+graph") for k in res}):

@@ -448,11 +448,9 @@ class OrtRunner:
     input and output on the device, bound once; each run synchronises the outputs.
     """
 
-    def __init__(self, label: str, model: bytes | str, x: np.ndarray, provider: str, threads: int, cuda_graph: bool,
-                 spinning: bool = False):
+    def __init__(self, label: str, model: bytes | str, x: np.ndarray, provider: str, threads: int, cuda_graph: bool):
         self.label, self.batch = label, x.shape[0]
         self._model, self._x, self.provider, self.threads, self.cuda_graph = model, x, provider, threads, cuda_graph
-        self.spinning = spinning
         self.session: Any = None
         self.binding: Any = None
         self.outputs: list[Any] | None = None
@@ -473,7 +471,7 @@ class OrtRunner:
 
     def setup(self) -> None:
         try:
-            self.session = create_session(self._model, self.provider, threads=self.threads, spinning=self.spinning,
+            self.session = create_session(self._model, self.provider, threads=self.threads, spinning=False,
                                           provider_options=self._provider_options(), dynamic_shapes=False)
         except DcdDeployError as exc:
             self.provider_failed = isinstance(exc, ProviderUnavailableError)

@@ -31,10 +31,12 @@ def _load(name: str):
 def test_static_twin_ratio_with_floor(tmp_path, capsys):
     ratio = _load("static_twin_ratio")
     out = tmp_path / "r.json"
-    assert ratio.main(["--models", "resnet18_dcd", "--size", "32", "--batches", "1,2", "--runs", "2", "--no-plain",
-                       "--floor", "--form", "auto,merged", "--json", str(out)]) == 0
+    assert ratio.main(["--models", "mobilenetv2_dcd", "--size", "32", "--batches", "1,2", "--runs", "2", "--no-plain",
+                       "--floor", "--form", "auto,merged,cpu:55:20:200000", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["model"], r["batch"]) for r in rows] == [("resnet18_dcd", 1), ("resnet18_dcd", 2)]
+    assert [(r["model"], r["batch"]) for r in rows] == [("mobilenetv2_dcd", 1), ("mobilenetv2_dcd", 2)]
+    # the CPU cost model with its own constants spelled out chooses what auto chooses
+    assert rows[0]["forms"]["dcd-deploy"] == rows[0]["forms"]["dcd-deploy[cpu:55:20:200000]"]
     for row in rows:
         res = row["results"]
         assert {"static", "dcd-deploy", "dcd-deploy[merged]", "floor"} <= set(res)
@@ -42,7 +44,7 @@ def test_static_twin_ratio_with_floor(tmp_path, capsys):
         assert res["floor"]["rel_err"] > 1e-3  # the low-rank branch is gone: another function
         assert all(r["median_s"] > 0 for r in res.values())
     table = capsys.readouterr().out
-    assert "floor ms (ratio)" in table and "| resnet18_dcd | 2 | fp32 |" in table
+    assert "floor ms (ratio)" in table and "| mobilenetv2_dcd | 2 | fp32 |" in table
 
 
 def test_floor_model_drops_only_the_low_rank_branch():
@@ -67,9 +69,9 @@ def test_floor_model_drops_only_the_low_rank_branch():
 def test_fit_cost_model_reports_each_layer(tmp_path, capsys):
     fit = _load("fit_cost_model")
     out = tmp_path / "fit.json"
-    assert fit.main(["--models", "mobilenetv2_dcd", "--size", "32", "--batches", "1", "--runs", "2",
+    assert fit.main(["--models", "mobilenetv2_dcd", "--size", "32", "--batches", "1", "--runs", "2", "--also", "2,80,0",
                      "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) >= 10 and all(r["factored"] > 0 and r["merged"] > 0 for r in rows)
     text = capsys.readouterr().out
-    assert "current constants: lose" in text and "least loss" in text
+    assert "current constants: lose" in text and "constants (2.0, 80.0, 0.0): lose" in text and "least loss" in text

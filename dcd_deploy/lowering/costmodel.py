@@ -51,11 +51,20 @@ CUDA_FACTORED_LAUNCHES = 5  # Q conv, MatMul, P conv, Mul, Add (W0's conv is the
 CUDA_MERGED_LAUNCHES = 7  # P·M, s⊙W0, (P·M)·Q, add, bias product, batched MatMul, bias add
 
 
-def _out_hw(info: LayerInfo, in_shape: tuple[int, ...]) -> int:
+def out_pixels(info: LayerInfo, in_shape: tuple[int, ...]) -> int:
     h, w = in_shape[2], in_shape[3]
     ho = (h + 2 * info.padding - info.kernel) // info.stride + 1
     wo = (w + 2 * info.padding - info.kernel) // info.stride + 1
     return ho * wo
+
+
+def cpu_costs(c_in: int, c_out: int, L: int, hw: int, merged_ok: bool = True, kernel_cost: float = KERNEL_COST,
+              pass_cost: float = PASS_COST, factored_fixed: float = FACTORED_FIXED) -> dict[str, float]:
+    """The CPU costs of a layer with an ``hw``-pixel output (constants overridable, for fitting them)."""
+    costs = {"factored": hw * (L * c_in + L * L + c_out * L) + FACTORED_PASSES * pass_cost * hw * c_out + factored_fixed}
+    if merged_ok:
+        costs["merged"] = c_out * L * (L + c_in) + kernel_cost * c_out * c_in + MERGED_PASSES * pass_cost * hw * c_out
+    return costs
 
 
 def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") -> dict[str, float]:
@@ -63,17 +72,13 @@ def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str = "cpu") 
     microseconds on ``cuda``. Keys are the forms the layer allows."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
-    hw = _out_hw(info, in_shape)
+    hw = out_pixels(info, in_shape)
     c_in, c_out, L = info.c_in, info.c_out, info.latent
     factored_macs = hw * (L * c_in + L * L + c_out * L)
     merged_ok = (info.kernel, info.stride) == (1, 1)
     merged_macs = c_out * L * (L + c_in) + 2 * c_out * c_in
     if target == "cpu":
-        costs = {"factored": factored_macs + FACTORED_PASSES * PASS_COST * hw * c_out + FACTORED_FIXED}
-        if merged_ok:
-            costs["merged"] = (c_out * L * (L + c_in) + KERNEL_COST * c_out * c_in
-                               + MERGED_PASSES * PASS_COST * hw * c_out)
-        return costs
+        return cpu_costs(c_in, c_out, L, hw, merged_ok)
     # cuda: bytes beyond the static conv's, float32 (fp16 halves both forms alike)
     factored_bytes = 4 * hw * (2 * L + 2 * L + L + 4 * c_out)  # Q out, MatMul in/out, P in, Mul + Add passes
     merged_bytes = 4 * (2 * c_out * c_in + 2 * hw * c_out)  # kernel written + read, bias pass
