@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | C_in→C_out | L | map | batch | factored ms | merged ms | merged/factored | choice |")
     print("|---|---|---|---|---|---|---|---|---|")
     if args.load:
-        rows = json.loads(args.load.read_text())["rows"]
+        try:
+            rows = json.loads(args.load.read_text())["rows"]
+        except (OSError, ValueError, KeyError) as exc:
+            ap.error(f"--load {args.load}: not the JSON of a --json run ({type(exc).__name__}: {exc})")
         for row in rows:
             choice = "merged" if decision_cost(row, *current) < 0 else "factored"
             faster = "merged" if row["merged"] < row["factored"] else "factored"
