@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -36,8 +37,8 @@ def load_from_options(checkpoint: str, arch: str | None, width_mult: float | Non
     """Call :func:`dcd_deploy.load_model` with the options of :func:`loading_options`."""
     from dcd_deploy.loading import load_model, parse_model_args
 
-    given = {k: v for k, v in dict(width_mult=width_mult, fc_squeeze=fc_squeeze, num_classes=num_classes,
-                                   dropout=dropout).items() if v is not None}
+    options = {"width_mult": width_mult, "fc_squeeze": fc_squeeze, "num_classes": num_classes, "dropout": dropout}
+    given = {k: v for k, v in options.items() if v is not None}
     if model_factory is None and arch is None and given:
         from dcd_deploy.errors import ArchitectureError
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,10 +106,10 @@ def _infer_mobilenetv2(sd: dict[str, torch.Tensor]) -> Inference:
 
     # fc_squeeze: squeeze = max(max(inp*mul, L^2) // fc_squeeze, 4) for every DYModule.
     modules = []
-    for key in sd:
+    for key, weight in sd.items():
         m = re.fullmatch(r"(features\.\d+\.conv\.\d+)\.fc\.0\.weight", key)
         if m:
-            squeeze, pooled = sd[key].shape
+            squeeze, pooled = weight.shape
             dim = sd[f"{m.group(1)}.conv_q.weight"].shape[0]
             modules.append((squeeze, pooled, dim))
     candidates = list(COMMON_SQUEEZES) + [f for f in range(1, 129) if f not in COMMON_SQUEEZES]

@@ -13,9 +13,8 @@ def conv_weights_are_constant(model: onnx.ModelProto) -> list[str]:
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     bad = []
     for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose"):
-            if any(name and name not in consts for name in node.input[1:]):
-                bad.append(node.name or node.output[0])
+        if node.op_type in ("Conv", "ConvTranspose") and any(name and name not in consts for name in node.input[1:]):
+            bad.append(node.name or node.output[0])
     return bad
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

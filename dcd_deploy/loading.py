@@ -6,13 +6,18 @@ import dataclasses
 import importlib
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .archinfer import (
-    build_uninitialised, check_given_architecture, guess_architecture, infer_architecture, shape_mismatch,
+    build_uninitialised,
+    check_given_architecture,
+    guess_architecture,
+    infer_architecture,
+    shape_mismatch,
 )
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ArchitectureError, CheckpointError

@@ -69,8 +69,8 @@ class Localization:
     def render(self) -> str:
         from .runtime import short_name
 
-        lines = [f"localisation on {short_name(self.provider)} (samples {', '.join(map(str, self.samples))}; "
-                 f"lowered PyTorch vs ONNX Runtime per DCD layer, threshold {self.threshold:.0e} of max|torch|):"]
+        lines = [(f"localisation on {short_name(self.provider)} (samples {', '.join(map(str, self.samples))}; "
+                  f"lowered PyTorch vs ONNX Runtime per DCD layer, threshold {self.threshold:.0e} of max|torch|):")]
         if self.first is not None:
             f = self.first
             lines.append(f"  first diverging DCD layer: {f.path}" + (f" ({f.summary})" if f.summary else ""))
@@ -172,9 +172,8 @@ def _probe_model(proto: onnx.ModelProto, sizes: set[int]) -> tuple[onnx.ModelPro
             if tensor.elem_type not in _FLOAT_TYPES:
                 continue
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            if dims and all(d is not None for d in dims[1:]) and len(dims) > 1:
-                if int(np.prod(dims[1:])) not in sizes:
-                    continue
+            if len(dims) > 1 and all(d is not None for d in dims[1:]) and int(np.prod(dims[1:])) not in sizes:
+                continue
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, tensor.elem_type, None))
             existing.add(name)
             added.append(name)

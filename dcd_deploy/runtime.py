@@ -159,7 +159,7 @@ def device_name(provider: str) -> str:
 
             if torch.cuda.is_available():
                 return torch.cuda.get_device_name(0)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - torch without CUDA support: ask nvidia-smi instead
             pass
         from .sysinfo import nvidia_smi_name
 

@@ -55,7 +55,7 @@ REPO_ROOT = HERE.parent
 if str(REPO_ROOT) not in sys.path:  # make `dcd_deploy` importable when run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
-from dcd_deploy.zoo import create_model  # noqa: E402
+from dcd_deploy.zoo import create_model
 
 DEFAULT_SETTINGS = HERE / "settings.json"
 CHECKPOINT_KEYS = ("epoch", "arch", "state_dict", "best_prec1", "optimizer")
@@ -308,11 +308,10 @@ def load_checkpoint_model(path: Path, spec: dict[str, Any]) -> tuple[nn.Module, 
 def check_batchnorm_trained(model: nn.Module, name: str) -> None:
     """Every BatchNorm must hold running statistics that training produced, not the defaults."""
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            if int(mod.num_batches_tracked) == 0 or (
-                torch.all(mod.running_mean == 0) and torch.all(mod.running_var == 1)
-            ):
-                raise AssertionError(f"{name}: {mod_name} has default running statistics")
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (
+            int(mod.num_batches_tracked) == 0 or (torch.all(mod.running_mean == 0) and torch.all(mod.running_var == 1))
+        ):
+            raise AssertionError(f"{name}: {mod_name} has default running statistics")
 
 
 def verify(settings: dict[str, Any], data: DigitsData, out_dir: Path, names: list[str],

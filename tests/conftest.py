@@ -8,8 +8,9 @@ files go to ``tmp_path`` / ``tmp_path_factory``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

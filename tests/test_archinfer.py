@@ -90,14 +90,15 @@ FITTING = "--arch mobilenetv2_dcd --width-mult 0.35 --fc-squeeze 16 --num-classe
 
 
 @pytest.mark.parametrize("arch, options, first_difference", [
-    ("resnet18_dcd", {}, "the network expects 'conv1.weight' (64, 3, 7, 7), which the checkpoint lacks; "
-                         "the checkpoint has 'features.0.0.weight' (16, 3, 3, 3) instead"),
-    ("mobilenetv2_dcd", {"width_mult": 0.5}, "'features.2.conv.6.conv.weight' is (8, 48, 1, 1) in the checkpoint "
-                                             "but (16, 48, 1, 1) in the network"),
+    ("resnet18_dcd", {}, ("the network expects 'conv1.weight' (64, 3, 7, 7), which the checkpoint lacks; "
+                          "the checkpoint has 'features.0.0.weight' (16, 3, 3, 3) instead")),
+    ("mobilenetv2_dcd", {"width_mult": 0.5}, ("'features.2.conv.6.conv.weight' is (8, 48, 1, 1) in the checkpoint "
+                                              "but (16, 48, 1, 1) in the network")),
     ("mobilenetv2_dcd", {"fc_squeeze": 8}, "'features.2.conv.6.fc.0.weight' is (4, 48) in the checkpoint but (6, 48)"),
     ("mobilenetv2_dcd", {"num_classes": 100}, "'classifier.1.cls.weight' is (10, 1280) in the checkpoint but (100, 1280)"),
-    ("mobilenetv2_dcd", {"dropout": 0.0}, "the network expects 'classifier.0.cls.weight' (10, 1280), which the checkpoint "
-                                          "lacks; the checkpoint has 'classifier.1.cls.weight' (10, 1280) instead"),
+    ("mobilenetv2_dcd", {"dropout": 0.0}, ("the network expects 'classifier.0.cls.weight' (10, 1280), which the "
+                                           "checkpoint lacks; the checkpoint has 'classifier.1.cls.weight' (10, 1280) "
+                                           "instead")),
 ])
 def test_wrong_architecture_names_first_differing_key_with_both_shapes_and_the_fitting_options(
         small_checkpoint, arch, options, first_difference):
@@ -187,6 +188,7 @@ def test_partial_mobilenet_is_refused_not_crashed():
 @pytest.fixture
 def custom_checkpoint(custom_models_importable, tmp_path, save_checkpoint):
     import custom_models
+
     from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
     torch.manual_seed(0)

@@ -11,16 +11,16 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from dcd_deploy_cli.main import cli
 
 from dcd_deploy import onnx_export as export_module
 from dcd_deploy.errors import LoweringError
-from dcd_deploy.onnx_export import export
 from dcd_deploy.graphcheck import conv_weights_are_constant
 from dcd_deploy.loading import load_model
 from dcd_deploy.lowering import relative_error
+from dcd_deploy.onnx_export import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
-from dcd_deploy_cli.main import cli
 
 SIZE = 48
 
@@ -182,4 +182,4 @@ def test_package_level_export_works_on_any_module_and_returns_the_report(tmp_pat
     wrapped = torch.nn.Sequential(torch.nn.Identity(), mbv2)  # a user's network containing DCD layers
     result = dcd_deploy.export(wrapped, tmp_path / "wrapped.onnx", input_size=SIZE)
     assert result and "33/33 DCD layers lowered" in result.summary()
-    assert [layer.path for layer in result.layers][0] == "1.features.2.conv.0"
+    assert result.layers[0].path == "1.features.2.conv.0"

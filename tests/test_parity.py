@@ -13,13 +13,30 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from parity_fixtures import (DCD_LAYER, FIRST_DCD_LAYER, SIZE, build_case, build_model, dcd_static_kernel,
-                             edit_initializer, first_conv_weight, save_reference_checkpoint, with_static_batch,
-                             without_metadata)
+from parity_fixtures import (
+    DCD_LAYER,
+    FIRST_DCD_LAYER,
+    SIZE,
+    build_case,
+    build_model,
+    dcd_static_kernel,
+    edit_initializer,
+    first_conv_weight,
+    save_reference_checkpoint,
+    with_static_batch,
+    without_metadata,
+)
 
 from dcd_deploy.errors import InputError, ProviderUnavailableError
-from dcd_deploy.parity import (DEFAULT_TOLERANCES, REL_FLOOR, Tolerance, check_parity, compare_output,
-                               compute_precision, default_tolerance)
+from dcd_deploy.parity import (
+    DEFAULT_TOLERANCES,
+    REL_FLOOR,
+    Tolerance,
+    check_parity,
+    compare_output,
+    compute_precision,
+    default_tolerance,
+)
 from dcd_deploy.testing import assert_parity
 
 HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
@@ -438,7 +455,7 @@ def test_cuda_catches_the_changed_weight_in_tf32_and_float32(case, dcd_weight_ch
 def test_a_tf32_failure_says_how_to_tell_rounding_from_a_bug(case, dcd_weight_changed, run_cli, monkeypatch):
     """Seen on an H200: resnet50_dcd failed the tf32 default and passed with use_tf32=0. The message
     must point there (simulated here by counting the CPU as TF32 with float32 tolerances)."""
-    import dcd_deploy.parity as parity
+    from dcd_deploy import parity
 
     monkeypatch.setattr(parity, "compute_precision", lambda precision, provider, options: ("tf32", "simulated"))
     monkeypatch.setitem(parity.DEFAULT_TOLERANCES, "tf32", parity.DEFAULT_TOLERANCES["float32"])

@@ -81,7 +81,7 @@ def command(model: str, checkpoint: str, providers: str, provider_option: tuple[
     from dcd_deploy.parity import check_parity, parse_provider_options, read_onnx, resolve_providers
 
     to_stdout = json_path == "-"
-    echo = (lambda msg="": click.echo(msg, err=True)) if to_stdout else click.echo  # noqa: E731
+    echo = (lambda msg="": click.echo(msg, err=True)) if to_stdout else click.echo
     # cheapest checks first: providers (exit 3), the ONNX file and the inputs, then the checkpoint
     if json_path and not to_stdout and not Path(json_path).resolve().parent.is_dir():
         raise InputError(f"The folder of --json {json_path} does not exist.",

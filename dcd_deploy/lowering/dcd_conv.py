@@ -87,7 +87,7 @@ class DcdConvFamily:
     name = "dcd_conv"
 
     def looks_dynamic(self, module: nn.Module) -> bool:
-        has = lambda n: hasattr(module, n)  # noqa: E731
+        has = lambda n: hasattr(module, n)
         return (has("fc_phi") or has("fc_scale") or (has("q") and has("p")) or (has("conv_q") and has("conv_p"))) and not (
             has("cls") or has("cls_q")
         )
@@ -137,7 +137,7 @@ class DcdConvFamily:
             kind = "conv_basic_dy" if pool == 2 else "conv_dy"
         return LayerInfo(f, kind, c_in, c_out, k, s, pad, dim, squeeze, pool, {"q": q_name, "p": p_name})
 
-    def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None, options: "ConvLowering") -> nn.Module:
+    def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None, options: ConvLowering) -> nn.Module:
         return LoweredDcdConv.from_layer(module, info, follow_bn, options)
 
 
@@ -181,7 +181,7 @@ class LoweredDcdConv(nn.Module):
             self.register_buffer("p_b", torch.zeros(info.c_out, 1))
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, info: LayerInfo, follow_bn: nn.Module | None, options: ConvLowering) -> "LoweredDcdConv":
+    def from_layer(cls, layer: nn.Module, info: LayerInfo, follow_bn: nn.Module | None, options: ConvLowering) -> LoweredDcdConv:
         new = cls(info, options.form, options.in_hw)
         L = info.latent
         with torch.no_grad():

@@ -74,7 +74,7 @@ class LoweredDcdHead(nn.Module):
         self.p = nn.Linear(info.latent, info.c_out)
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, info: LayerInfo) -> "LoweredDcdHead":
+    def from_layer(cls, layer: nn.Module, info: LayerInfo) -> LoweredDcdHead:
         new = cls(info)
         L = info.latent
         with torch.no_grad():

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -202,7 +203,7 @@ def lower_model(
         if fixed == "auto":
             choose_form = cost_chooser(target)
         else:
-            choose_form = lambda info, shape: fixed if (fixed != "merged" or (info.kernel, info.stride) == (1, 1)) else "factored"  # noqa: E731
+            choose_form = lambda info, shape: fixed if (fixed != "merged" or (info.kernel, info.stride) == (1, 1)) else "factored"
     model = copy.deepcopy(model).eval()
     found = find_dcd_layers(model)
     matched = [f for f in found if isinstance(f.match, LayerInfo)]

@@ -28,7 +28,7 @@ class Hsigmoid(nn.Module):
         return F.relu6(x + 3.0, inplace=self.inplace) / 3.0
 
 
-class SEModule_small(nn.Module):  # noqa: N801 - reference name
+class SEModule_small(nn.Module):
     """x · hs(Linear(x))."""
 
     def __init__(self, channel: int):
@@ -71,7 +71,7 @@ class _DynamicConv(nn.Module):
         return self._p()(out) + r
 
 
-class conv_dy(_DynamicConv):  # noqa: N801 - reference name
+class conv_dy(_DynamicConv):
     """ResNet bottleneck DCD convolution (1×1 or 3×3), pooled to 1×1."""
 
     def __init__(self, inplanes: int, planes: int, kernel_size: int, stride: int, padding: int):
@@ -97,7 +97,7 @@ class conv_dy(_DynamicConv):  # noqa: N801 - reference name
         return self.p
 
 
-class conv_basic_dy(conv_dy):  # noqa: N801 - reference name
+class conv_basic_dy(conv_dy):
     """ResNet basic-block DCD 3×3 convolution (padding 1), pooled to 2×2."""
 
     def __init__(self, inplanes: int, planes: int, stride: int):
