@@ -51,9 +51,17 @@ def one_by_one_layers(model: torch.nn.Module, size: int) -> list[tuple]:
 def decision_cost(row: dict, kernel_cost: float, pass_diff: float, fixed: float) -> float:
     """merged minus factored in the cost model's units (negative: merged), per sample."""
     costs = costmodel.cpu_costs(row["c_in"], row["c_out"], row["latent"], row["hw"], kernel_cost=kernel_cost,
-                                pass_cost=pass_diff / (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES),
-                                factored_fixed=fixed)
+                                pass_difference=pass_diff, factored_fixed=fixed)
     return costs["merged"] - costs["factored"]
+
+
+def print_row(row: dict, constants: tuple[float, float, float]) -> None:
+    """One table line: per-run times at the row's batch, the ratio, the choice and whether it is the slower form."""
+    choice = "merged" if decision_cost(row, *constants) < 0 else "factored"
+    faster = "merged" if row["merged"] < row["factored"] else "factored"
+    print(f"| {row['model']} | {row['c_in']}→{row['c_out']} | {row['latent']} | {row['map']} | {row['batch']} | "
+          f"{row['factored'] * row['batch'] * 1e3:.3f} | {row['merged'] * row['batch'] * 1e3:.3f} | "
+          f"{row['merged'] / row['factored']:.2f} | {choice}{'' if choice == faster else ' (slower)'} |", flush=True)
 
 
 def lost_time(rows: list[dict], kernel_cost: float, pass_diff: float, fixed: float) -> tuple[float, list[dict]]:
@@ -95,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             ap.error(f"--load {args.load}: not the JSON of a --json run ({type(exc).__name__}: {exc})")
         for row in rows:
-            choice = "merged" if decision_cost(row, *current) < 0 else "factored"
-            faster = "merged" if row["merged"] < row["factored"] else "factored"
-            print(f"| {row['model']} | {row['c_in']}→{row['c_out']} | {row['latent']} | {row['map']} | {row['batch']} | "
-                  f"{row['factored'] * row['batch'] * 1e3:.3f} | {row['merged'] * row['batch'] * 1e3:.3f} | "
-                  f"{row['merged'] / row['factored']:.2f} | {choice}{'' if choice == faster else ' (slower)'} |")
+            print_row(row, current)
     for name in (args.models.split(",") if not args.load else []):
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
@@ -112,11 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                        "hw": in_shape[2] * in_shape[3], "map": f"{in_shape[2]}×{in_shape[3]}", "batch": batch,
                        "factored": t["factored"] / batch, "merged": t["merged"] / batch}
                 rows.append(row)
-                choice = "merged" if decision_cost(row, *current) < 0 else "factored"
-                faster = "merged" if row["merged"] < row["factored"] else "factored"
-                print(f"| {name} | {info.c_in}→{info.c_out} | {info.latent} | {row['map']} | {batch} | "
-                      f"{t['factored'] * 1e3:.3f} | {t['merged'] * 1e3:.3f} | {row['merged'] / row['factored']:.2f} | "
-                      f"{choice}{'' if choice == faster else ' (slower)'} |", flush=True)
+                print_row(row, current)
     grid = [(lost_time(rows, k, d, f)[0], k, d, f) for k in range(0, 121, 5) for d in range(0, 61, 2)
             for f in (0, 1e5, 2e5, 3e5, 5e5)]
     best_loss = min(g[0] for g in grid)

@@ -45,7 +45,8 @@ import torch
 
 from dcd_deploy.bench import OrtRunner, naive_export
 from dcd_deploy.latency import measure_interleaved
-from dcd_deploy.lowering import costmodel, lower_model
+from dcd_deploy.lowering import lower_model, relative_error
+from dcd_deploy.lowering.costmodel import cost_chooser
 from dcd_deploy.lowering.dcd_conv import LoweredDcdConv
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.onnx_export import export
@@ -71,9 +72,7 @@ class ScaleOnlyConv(LoweredDcdConv):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fc(self.pool(x))
-        y = y * torch.clamp(self.se(y), 0.0, 6.0)
-        s = torch.clamp(self.scale(y), 0.0, 6.0)
+        s = torch.clamp(self.scale(self.squeeze(x)), 0.0, 6.0)
         if self.form == "merged":
             h, w = self.in_hw
             out = torch.matmul(s.unsqueeze(2) * self.w0, x.reshape(-1, self.c_in, h * w)) + self.p_b
@@ -93,15 +92,7 @@ def floor_model(model: torch.nn.Module, size: int) -> torch.nn.Module:
 def constants_chooser(spec: str):
     """``cpu:K:D:F``: choose with the CPU cost model's KERNEL_COST K, pass difference D, FACTORED_FIXED F."""
     k, d, f = (float(v) for v in spec.split(":")[1:])
-
-    def choose(info, in_shape):
-        merged_ok = (info.kernel, info.stride) == (1, 1)
-        costs = costmodel.cpu_costs(info.c_in, info.c_out, info.latent, costmodel.out_pixels(info, in_shape),
-                                    merged_ok, kernel_cost=k, factored_fixed=f,
-                                    pass_cost=d / (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES))
-        return min(costs, key=costs.get)
-
-    return choose
+    return cost_chooser("cpu", kernel_cost=k, pass_difference=d, factored_fixed=f)
 
 
 def _known_form(form: str) -> bool:
@@ -166,7 +157,7 @@ def measure(graphs: dict[str, bytes], x: np.ndarray, provider: str, threads: int
             out[key] = {"skipped": m.skipped}  # type: ignore[dict-item]
             continue
         o = runner.output()
-        err = float(np.abs(o.astype(np.float64) - ref).max() / np.abs(ref).max()) if o is not None else float("nan")
+        err = relative_error(torch.from_numpy(o), torch.from_numpy(ref)) if o is not None else float("nan")
         out[key] = {"median_s": m.stats.p50, "rel_err": err}
         runner.close()
     return out

@@ -46,6 +46,7 @@ from torch import nn
 from .errors import DcdDeployError, InputError, ProviderUnavailableError
 from .latency import LatencyStats, Progress, RowUnavailable, measure_interleaved, torch_threads
 from .loading import LoadedModel
+from .lowering.costmodel import TARGETS
 from .runtime import check_available, create_session, device_name, parse_providers, provider_name, short_name
 
 ROWS = ("eager", "eager-lowered", "naive", "dcd-deploy", "static")
@@ -638,8 +639,8 @@ def bench(
         raise InputError("No execution provider was given.", "Example: --providers cpu,cuda.")
     if target is None:
         target = "cuda" if any(p in GPU_PROVIDERS for p in provider_names) else "cpu"
-    if target not in ("cpu", "cuda"):
-        raise InputError(f"Unknown target {target!r}.", "Choose cpu or cuda.")
+    if target not in TARGETS:
+        raise InputError(f"Unknown target {target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
     threads = int(threads) if threads else torch.get_num_threads()
     if threads < 1:
         raise InputError(f"--threads {threads} must be at least 1.", "Omit it to use PyTorch's default.")

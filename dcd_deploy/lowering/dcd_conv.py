@@ -217,10 +217,14 @@ class LoweredDcdConv(nn.Module):
             param.requires_grad_(False)
         return new.eval()
 
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention branch's SE-gated squeeze of pool(x), from which Φ and s are read."""
+        y = self.fc(self.pool(x))
+        return y * torch.clamp(self.se(y), 0.0, 6.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = self.dim
-        y = self.fc(self.pool(x))
-        y = y * torch.clamp(self.se(y), 0.0, 6.0)
+        y = self.squeeze(x)
         m = self.phi(y).view(-1, L, L)
         s = torch.clamp(self.scale(y), 0.0, 6.0)
         if self.form == "merged":
