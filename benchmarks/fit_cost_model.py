@@ -27,7 +27,7 @@ import torch
 from dcd_deploy.lowering import costmodel, lower_model
 from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.tuning import time_forms
-from dcd_deploy.zoo import create_model
+from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 MODELS = {"mobilenetv2_dcd": {"fc_squeeze": 16}, "resnet50_dcd": {}}
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also", action="append", default=[], metavar="K,D,F",
                     help="also report the loss of these constants (KERNEL_COST, pass difference, FACTORED_FIXED)")
     args = ap.parse_args(argv)
+    if unknown := [m for m in args.models.split(",") if m not in list_archs()]:
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(list_archs())}")
     try:
         others = [tuple(float(v) for v in a.split(",")) for a in args.also]
     except ValueError:

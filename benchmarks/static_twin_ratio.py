@@ -53,7 +53,7 @@ from dcd_deploy.onnx_export import export
 from dcd_deploy.runtime import provider_name
 from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.tuning import tuned_form_chooser
-from dcd_deploy.zoo import create_model
+from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 MODELS = {
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(a lower bound for this graph vocabulary, not a correct model)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
+    if unknown := [m for m in args.models.split(",") if m not in list_archs()]:
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(list_archs())}")
     forms = args.form.split(",")
     if bad := [f for f in forms if not _known_form(f)]:
         ap.error(f"unknown form(s) {bad}; choose from {FORMS} or cpu:K:D:F")
