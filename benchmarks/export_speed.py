@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dcd_deploy.bench import naive_export
-from dcd_deploy.onnx_export import export
+from dcd_deploy.bench.run import naive_export
+from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 

@@ -26,7 +26,7 @@ import torch
 
 from dcd_deploy.lowering import costmodel, lower_model
 from dcd_deploy.sysinfo import machine, versions
-from dcd_deploy.tuning import time_forms
+from dcd_deploy.exporting.tuning import time_forms
 from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 

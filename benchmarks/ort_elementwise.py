@@ -21,7 +21,7 @@ import time
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from dcd_deploy.runtime import create_session
+from dcd_deploy.runtime.session import create_session
 
 
 def chain(op: str, shape: list[int], length: int) -> bytes:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from dcd_deploy.runtime import create_session
+from dcd_deploy.runtime.session import create_session
 
 path = sys.argv[1]
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1

@@ -43,16 +43,16 @@ import numpy as np
 import onnx
 import torch
 
-from dcd_deploy.bench import OrtRunner, naive_export
-from dcd_deploy.latency import measure_interleaved
+from dcd_deploy.bench.run import OrtRunner, naive_export
+from dcd_deploy.runtime.timing import measure_interleaved
 from dcd_deploy.lowering import lower_model, relative_error
 from dcd_deploy.lowering.costmodel import cost_chooser
 from dcd_deploy.lowering.dcd_conv import LoweredDcdConv
 from dcd_deploy.lowering.static_twin import static_twin
-from dcd_deploy.onnx_export import export
-from dcd_deploy.runtime import provider_name
+from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.runtime.session import provider_name
 from dcd_deploy.sysinfo import machine, versions
-from dcd_deploy.tuning import tuned_form_chooser
+from dcd_deploy.exporting.tuning import tuned_form_chooser
 from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"versions": versions(), "machine": machine(), "provider": args.provider, "threads": args.threads,
                "size": args.size, "cuda_graph": args.cuda_graph, "rows": []}
     if args.provider == "cuda":
-        from dcd_deploy.runtime import device_name
+        from dcd_deploy.runtime.session import device_name
 
         results["device"] = device_name("cuda")
     where = "CPU" if args.provider == "cpu" else f"CUDA ({results.get('device')}), CUDA graphs {args.cuda_graph}"

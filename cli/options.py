@@ -35,7 +35,7 @@ def load_from_options(checkpoint: str, arch: str | None, width_mult: float | Non
                       num_classes: int | None, dropout: float | None, model_factory: str | None,
                       model_args: tuple[str, ...], trust_pickle: bool, **_: Any):
     """Call :func:`dcd_deploy.load_model` with the options of :func:`loading_options`."""
-    from dcd_deploy.loading import load_model, parse_model_args
+    from dcd_deploy.load.model import load_model, parse_model_args
 
     options = {"width_mult": width_mult, "fc_squeeze": fc_squeeze, "num_classes": num_classes, "dropout": dropout}
     given = {k: v for k, v in options.items() if v is not None}
@@ -58,7 +58,7 @@ def pop_loading(kwargs: dict[str, Any]) -> dict[str, Any]:
 def parse_input_size(_ctx: Any, _param: Any, value: str | int) -> tuple[int, int]:
     """``224`` or ``224x192`` (height x width) to ``(height, width)``."""
     from dcd_deploy.errors import InputError
-    from dcd_deploy.inputs import parse_size
+    from dcd_deploy.compare.inputs import parse_size
 
     try:
         return parse_size(value)

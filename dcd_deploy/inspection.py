@@ -24,7 +24,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError
-from .loading import LoadedModel
+from .load.model import LoadedModel
 from .lowering import LayerInfo, find_dcd_layers
 
 # The static part of a recognised layer, per family: what remains when Λ ≡ 1 and Φ ≡ 0.

@@ -17,8 +17,8 @@ from typing import Any
 from torch import nn
 
 from .errors import ProviderUnavailableError
-from .loading import LoadedModel
-from .parity import ParityResult, check_parity
+from .load.model import LoadedModel
+from .compare.parity import ParityResult, check_parity
 
 
 def assert_parity(onnx_path: str | os.PathLike, checkpoint_or_model: str | os.PathLike | LoadedModel | nn.Module,

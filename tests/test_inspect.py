@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dcd_deploy import LoadedModel, load_model
-from dcd_deploy.checkpoint import Checkpoint
+from dcd_deploy.load.checkpoint import Checkpoint
 from dcd_deploy.errors import InputError
 from dcd_deploy.inspection import inspect_model
 from dcd_deploy.zoo import create_model, get_arch, list_archs

@@ -104,8 +104,8 @@ def command(source: str, providers: str, batches: list[int], input_size: tuple[i
     the dcd-deploy export and the static twin (the floor), per provider and batch size. With an
     ONNX file: that file alone. Exit code 0 when at least one row was measured.
     """
-    from dcd_deploy.bench import bench
-    from dcd_deploy.benchreport import check_report_paths, render_table, write_reports
+    from dcd_deploy.bench.run import bench
+    from dcd_deploy.bench.report import check_report_paths, render_table, write_reports
 
     if runs is not None and duration is not None:
         raise click.UsageError("--runs and --duration are mutually exclusive: give one.")

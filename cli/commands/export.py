@@ -41,8 +41,8 @@ def command(checkpoint: str, output: str, input_size: tuple[int, int], batch: in
     on ONNX Runtime CPU against the ORIGINAL PyTorch model; on failure the file is removed and the
     exit status is 1.
     """
-    from dcd_deploy.onnx_export import export
-    from dcd_deploy.tuning import tuned_form_chooser
+    from dcd_deploy.exporting.pipeline import export
+    from dcd_deploy.exporting.tuning import tuned_form_chooser
 
     start = time.perf_counter()
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True))

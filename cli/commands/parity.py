@@ -27,7 +27,7 @@ def _size(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
     from dcd_deploy.errors import InputError
-    from dcd_deploy.inputs import parse_size
+    from dcd_deploy.compare.inputs import parse_size
 
     try:
         return parse_size(value)
@@ -77,8 +77,8 @@ def command(model: str, checkpoint: str, providers: str, provider_option: tuple[
     Exit status: 0 pass, 1 parity failure, 2 usage or input error, 3 provider unavailable.
     """
     from dcd_deploy.errors import InputError, ParityFailure
-    from dcd_deploy.inputs import IMAGENET_MEAN, IMAGENET_STD, load_inputs
-    from dcd_deploy.parity import check_parity, parse_provider_options, read_onnx, resolve_providers
+    from dcd_deploy.compare.inputs import IMAGENET_MEAN, IMAGENET_STD, load_inputs
+    from dcd_deploy.compare.parity import check_parity, parse_provider_options, read_onnx, resolve_providers
 
     to_stdout = json_path == "-"
     echo = (lambda msg="": click.echo(msg, err=True)) if to_stdout else click.echo

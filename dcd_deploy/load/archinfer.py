@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArchitectureError
-from .zoo import get_arch
-from .zoo.mobilenetv2 import MOBILENETV2_CFGS, channel_divisor, make_divisible
-from .zoo.resnet import RESNET_DEPTHS, Bottleneck
+from ..errors import ArchitectureError
+from ..zoo import get_arch
+from ..zoo.mobilenetv2 import MOBILENETV2_CFGS, channel_divisor, make_divisible
+from ..zoo.resnet import RESNET_DEPTHS, Bottleneck
 
 # Values tried first, so that the answer is the one a person would have typed.
 COMMON_WIDTHS = (1.0, 0.5, 0.75, 0.35, 0.25, 1.4, 1.3, 1.25, 1.5, 2.0, 0.1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
-from dcd_deploy.archinfer import expected_shapes
+from dcd_deploy.load.archinfer import expected_shapes
 from dcd_deploy.errors import ArchitectureError
 from dcd_deploy.zoo import create_model, get_arch, list_archs
 

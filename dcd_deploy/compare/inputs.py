@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -24,12 +24,12 @@ import onnx
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import DcdDeployError, InputError, LoweringError
+from .. import __version__
+from ..errors import DcdDeployError, InputError, LoweringError
 from .graphcheck import batch_independent, conv_weights_are_constant, op_histogram
-from .loading import LoadedModel
-from .lowering import RewriteReport, lower_model, relative_error
-from .lowering.costmodel import TARGETS
+from ..load.model import LoadedModel
+from ..lowering import RewriteReport, lower_model, relative_error
+from ..lowering.costmodel import TARGETS
 
 DEFAULT_OPSET = 17
 # Self-check thresholds on max|ort − torch| / max|torch| against the ORIGINAL PyTorch model. Float16
@@ -120,7 +120,7 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
 
 
 def run_self_check(onnx_bytes: bytes, original: nn.Module, hw: tuple[int, int], batches: list[int], precision: str) -> SelfCheck:
-    from .runtime import create_session
+    from ..runtime.session import create_session
 
     session = create_session(onnx_bytes, "cpu")
     errors = {}

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
-from dcd_deploy.archinfer import expected_shapes, infer_architecture, shape_mismatch
-from dcd_deploy.checkpoint import load_checkpoint
+from dcd_deploy.load.archinfer import expected_shapes, infer_architecture, shape_mismatch
+from dcd_deploy.load.checkpoint import load_checkpoint
 from dcd_deploy.errors import ArchitectureError, CheckpointError
 from dcd_deploy.zoo import get_arch
 
@@ -221,7 +221,7 @@ def test_custom_factory_from_the_command_line_finds_its_dcd_layers(custom_checkp
 def test_custom_module_is_found_in_the_current_folder(custom_checkpoint, monkeypatch):
     """Like ``python -m``, --model looks in the folder the command runs from."""
     _, path = custom_checkpoint
-    tests_dir = str(Path(__file__).resolve().parent)
+    tests_dir = str(Path(__file__).resolve().parents[1])
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (tests_dir, "")])
     monkeypatch.delitem(sys.modules, "custom_models", raising=False)
     monkeypatch.chdir(tests_dir)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 METADATA_KEYS = ("arch", "epoch", "best_prec1", "best_acc1")

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DcdDeployError, InputError, ProviderUnavailableError
-from .latency import LatencyStats, Progress, RowUnavailable, measure_interleaved, torch_threads
-from .loading import LoadedModel
-from .lowering.costmodel import TARGETS
-from .runtime import check_available, create_session, device_name, parse_providers, provider_name, short_name
+from ..errors import DcdDeployError, InputError, ProviderUnavailableError
+from ..runtime.timing import LatencyStats, Progress, RowUnavailable, measure_interleaved, torch_threads
+from ..load.model import LoadedModel
+from ..lowering.costmodel import TARGETS
+from ..runtime.session import check_available, create_session, device_name, parse_providers, provider_name, short_name
 
 ROWS = ("eager", "eager-lowered", "naive", "dcd-deploy", "static")
 ROW_DESCRIPTIONS = {
@@ -319,9 +319,9 @@ def prepare_checkpoint_rows(model: nn.Module | LoadedModel, hw: tuple[int, int],
     ``onnx_rows`` / ``torch_rows`` False: no requested provider can run those rows, so their
     artifacts are not made (exporting can take minutes).
     """
-    from .lowering import lower_model
-    from .lowering.static_twin import static_twin
-    from .onnx_export import export
+    from ..lowering import lower_model
+    from ..lowering.static_twin import static_twin
+    from ..exporting.pipeline import export
 
     report = progress or (lambda stage, done, total, detail: None)
     original = model.model if isinstance(model, LoadedModel) else model
@@ -390,7 +390,7 @@ def read_onnx_file(path: str | os.PathLike) -> tuple[Any, str]:
 
 def onnx_input_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """The input size an ONNX file was exported for: metadata ``dcd_deploy.input_size``, else static H, W."""
-    from .inputs import input_spec
+    from ..compare.inputs import input_spec
 
     proto, _ = read_onnx_file(path)
     try:
@@ -544,7 +544,7 @@ def _inputs(batches: Sequence[int], hw: tuple[int, int], seed: int = 0) -> dict[
 
 def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     """:func:`dcd_deploy.lowering.relative_error` on arrays; inf when the shapes differ."""
-    from .lowering import relative_error
+    from ..lowering import relative_error
 
     if out.shape != ref.shape:
         return float("inf")
@@ -552,7 +552,7 @@ def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _hw(input_size: int | str | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    from .inputs import parse_size
+    from ..compare.inputs import parse_size
 
     if input_size is None:
         return default
@@ -654,7 +654,7 @@ def _bench(source: nn.Module | LoadedModel | str | os.PathLike, provider_names: 
            input_size: int | str | Sequence[int] | None, threads: int, warmup: int, runs: int | None,
            duration: float | None, cuda_graph: bool, naive_exporter: str, progress: Progress | None,
            target: str = "cpu") -> BenchResult:
-    from .sysinfo import machine, versions
+    from ..sysinfo import machine, versions
 
     report = progress or (lambda stage, done, total, detail: None)
     notes: list[str] = []

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from dcd_deploy.bench import ROWS, BenchResult, BenchRow, Prepared, naive_export
-from dcd_deploy.benchreport import render_table, to_html, to_json, to_markdown
-from dcd_deploy.latency import LatencyStats
-from dcd_deploy.loading import load_model
-from dcd_deploy.onnx_export import export
+from dcd_deploy.bench.run import ROWS, BenchResult, BenchRow, Prepared, naive_export
+from dcd_deploy.bench.report import render_table, to_html, to_json, to_markdown
+from dcd_deploy.runtime.timing import LatencyStats
+from dcd_deploy.load.model import load_model
+from dcd_deploy.exporting.pipeline import export
 
 SIZE = 48  # conftest's small_checkpoint: the sample models' mobilenetv2_dcd w0.35 at 48×48
 CUDA_HERE = "CUDAExecutionProvider" in ort.get_available_providers()

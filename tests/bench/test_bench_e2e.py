@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcd_deploy.bench import bench
+from dcd_deploy.bench.run import bench
 
 pytestmark = pytest.mark.e2e
 

@@ -52,9 +52,9 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, InputSpec, batches, check_shape, input_spec, load_inputs
-from .loading import LoadedModel
+from ..load.model import LoadedModel
 
 SCHEMA = "dcd-deploy/parity/1"
 REL_FLOOR = 1e-3
@@ -287,7 +287,7 @@ class ProviderResult:
 
     @property
     def short(self) -> str:
-        from .runtime import short_name
+        from ..runtime.session import short_name
 
         return short_name(self.provider)
 
@@ -463,7 +463,7 @@ def read_onnx(path: str | os.PathLike) -> OnnxFile:
 
 def resolve_providers(spec: str | Sequence[str]) -> list[str]:
     """Full provider names, each checked to be available (raises ProviderUnavailableError)."""
-    from .runtime import check_available, parse_providers
+    from ..runtime.session import check_available, parse_providers
 
     names = parse_providers(spec)
     if not names:
@@ -475,7 +475,7 @@ def resolve_providers(spec: str | Sequence[str]) -> list[str]:
 
 def parse_provider_options(items: Iterable[str]) -> dict[str, dict[str, str]]:
     """``['cuda:use_tf32=0', ...]`` → ``{'CUDAExecutionProvider': {'use_tf32': '0'}}``."""
-    from .runtime import provider_name
+    from ..runtime.session import provider_name
 
     options: dict[str, dict[str, str]] = {}
     for item in items:
@@ -624,7 +624,7 @@ def check_parity(
     checkpoint that does not fit the model, and :class:`ProviderUnavailableError` (exit 3); a
     numerical mismatch is not raised but reported by the falsy result.
     """
-    from .sysinfo import machine, versions
+    from ..sysinfo import machine, versions
 
     if reference_dtype not in ("float32", "float64"):
         raise InputError(f"--reference {reference_dtype} is not a reference precision.", "Use float32 or float64.")
@@ -694,7 +694,7 @@ def _reference_model(reference: str | os.PathLike | LoadedModel | nn.Module,
         return reference, reference.model
     if isinstance(reference, nn.Module):
         return None, reference
-    from .loading import load_model
+    from ..load.model import load_model
 
     loaded = load_model(reference, **(load_options or {}))
     return loaded, loaded.model
@@ -704,7 +704,7 @@ def _run_provider(onnx_file: OnnxFile, name: str, given: dict[str, Any], data: n
                   reference: list[np.ndarray], atol: float | None, rtol: float | None,
                   ) -> tuple[ProviderResult, list[str], list[np.ndarray]]:
     """Run ``data`` on provider ``name`` and compare every output with ``reference``."""
-    from .runtime import create_session, default_provider_options, device_name
+    from ..runtime.session import create_session, default_provider_options, device_name
 
     spec = onnx_file.spec
     session = create_session(onnx_file.path, name, provider_options=given, dynamic_shapes=spec.dynamic)
@@ -731,7 +731,7 @@ def _run_provider(onnx_file: OnnxFile, name: str, given: dict[str, Any], data: n
 
 
 def _full(provider: str) -> str:
-    from .runtime import provider_name
+    from ..runtime.session import provider_name
 
     return provider_name(provider)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
-from dcd_deploy.checkpoint import clean_state_dict, load_checkpoint
+from dcd_deploy.load.checkpoint import clean_state_dict, load_checkpoint
 from dcd_deploy.errors import CheckpointError
 
 FORMATS = {

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .bench import ROW_DESCRIPTIONS, BenchResult, BenchRow
-from .errors import InputError
+from .run import ROW_DESCRIPTIONS, BenchResult, BenchRow
+from ..errors import InputError
 
 COLUMNS = ["session", "cold", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "img/s", "×static", "×eager"]
 COLUMN_HELP = {

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from dcd_deploy_cli.main import cli
 
-from dcd_deploy import onnx_export as export_module
+from dcd_deploy.exporting import pipeline as export_module
 from dcd_deploy.errors import LoweringError
-from dcd_deploy.graphcheck import conv_weights_are_constant
-from dcd_deploy.loading import load_model
+from dcd_deploy.exporting.graphcheck import conv_weights_are_constant
+from dcd_deploy.load.model import load_model
 from dcd_deploy.lowering import relative_error
-from dcd_deploy.onnx_export import export
+from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 

@@ -67,7 +67,7 @@ class Localization:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def render(self) -> str:
-        from .runtime import short_name
+        from ..runtime.session import short_name
 
         lines = [(f"localisation on {short_name(self.provider)} (samples {', '.join(map(str, self.samples))}; "
                   f"lowered PyTorch vs ONNX Runtime per DCD layer, threshold {self.threshold:.0e} of max|torch|):")]
@@ -216,8 +216,8 @@ def _weight_diffs(proto: onnx.ModelProto, lowered_layer: nn.Module, path: str) -
 def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: list[int], provider: str,
              provider_options: dict[str, Any], precision: str, reference_dtype: str = "float32") -> Localization:
     """Find the first lowered DCD layer whose output differs between PyTorch and ``provider``."""
-    from .lowering import lower_model, relative_error
-    from .runtime import create_session
+    from ..lowering import lower_model, relative_error
+    from ..runtime.session import create_session
 
     spec = onnx_file.spec
     count = spec.static_batch or min(LOCALIZE_SAMPLES, len(order))
@@ -229,7 +229,7 @@ def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: 
     dynamic_size = onnx_file.metadata.get("dcd_deploy.dynamic_size") == "true"
 
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in onnx_file.proto.graph.initializer):
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"{onnx_file.path} keeps its weights in external data files; --localize needs them inside the "
                          "ONNX file.", "Re-save it with onnx.save(model, path, save_as_external_data=False) to localise.")

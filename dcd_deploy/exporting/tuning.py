@@ -16,19 +16,19 @@ from collections.abc import Callable
 import onnx
 import torch
 
-from .lowering.base import LayerInfo
-from .lowering.costmodel import TARGETS, form_costs
+from ..lowering.base import LayerInfo
+from ..lowering.costmodel import TARGETS, form_costs
 
 
 def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...], forms: list[str], threads: int | None,
                runs: int, provider: str = "cpu") -> dict[str, float]:
     """Median seconds of each lowered ``form`` of one DCD convolution at ``in_shape`` on ``provider``."""
-    from .bench import OrtRunner
-    from .errors import LoweringError, ProviderUnavailableError
-    from .latency import measure_interleaved
-    from .lowering.dcd_conv import ConvLowering, LoweredDcdConv
-    from .onnx_export import simplify
-    from .runtime import provider_name
+    from ..bench.run import OrtRunner
+    from ..errors import LoweringError, ProviderUnavailableError
+    from ..runtime.timing import measure_interleaved
+    from ..lowering.dcd_conv import ConvLowering, LoweredDcdConv
+    from .pipeline import simplify
+    from ..runtime.session import provider_name
 
     x = torch.randn(*in_shape, generator=torch.Generator().manual_seed(0))
     runners: dict[str, OrtRunner] = {}
@@ -60,7 +60,7 @@ def tuned_form_chooser(threads: int | None = None, runs: int = 15, target: str =
     The chooser needs the original layer; ``lower_model`` passes it as the ``layer`` keyword.
     Results are cached per (layer sizes, input shape), so repeated blocks are timed once.
     """
-    from .runtime import check_available, provider_name
+    from ..runtime.session import check_available, provider_name
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")

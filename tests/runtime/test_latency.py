@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcd_deploy.latency import MIN_ROUNDS, LatencyStats, RowUnavailable, measure_interleaved, percentile
+from dcd_deploy.runtime.timing import MIN_ROUNDS, LatencyStats, RowUnavailable, measure_interleaved, percentile
 
 # 1..10 ms, deliberately not in sorted order.
 TIMES_MS = [7, 3, 10, 1, 5, 9, 2, 8, 4, 6]

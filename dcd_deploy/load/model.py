@@ -20,8 +20,8 @@ from .archinfer import (
     shape_mismatch,
 )
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import ArchitectureError, CheckpointError
-from .zoo import get_arch
+from ..errors import ArchitectureError, CheckpointError
+from ..zoo import get_arch
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ from parity_fixtures import (
 )
 
 from dcd_deploy.errors import InputError, ProviderUnavailableError
-from dcd_deploy.parity import (
+from dcd_deploy.compare.parity import (
     DEFAULT_TOLERANCES,
     REL_FLOOR,
     Tolerance,
@@ -278,7 +278,7 @@ def test_unavailable_cuda_exits_3_with_install_hint(case, run_cli, expect_user_e
 def test_fp16_model_uses_loose_defaults_and_overrides_apply(case, tmp_path):
     import onnx
 
-    from dcd_deploy.onnx_export import to_fp16
+    from dcd_deploy.exporting.pipeline import to_fp16
 
     half = to_fp16(onnx.load(case.onnx))
     for prop in half.metadata_props:
@@ -354,7 +354,7 @@ def test_example_workflow_uses_real_options():
     """The GitHub Actions example must not drift from the command line it calls."""
     from dcd_deploy_cli.main import cli
 
-    text = (Path(__file__).resolve().parents[1] / "examples" / "github-actions-parity.yml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "examples" / "github-actions-parity.yml").read_text()
     used = set()
     for line in text.replace("\\\n", " ").splitlines():  # continuation lines joined
         for call in line.split("dcd-deploy ")[1:]:
@@ -455,7 +455,7 @@ def test_cuda_catches_the_changed_weight_in_tf32_and_float32(case, dcd_weight_ch
 def test_a_tf32_failure_says_how_to_tell_rounding_from_a_bug(case, dcd_weight_changed, run_cli, monkeypatch):
     """Seen on an H200: resnet50_dcd failed the tf32 default and passed with use_tf32=0. The message
     must point there (simulated here by counting the CPU as TF32 with float32 tolerances)."""
-    from dcd_deploy import parity
+    from dcd_deploy.compare import parity
 
     monkeypatch.setattr(parity, "compute_precision", lambda precision, provider, options: ("tf32", "simulated"))
     monkeypatch.setitem(parity.DEFAULT_TOLERANCES, "tf32", parity.DEFAULT_TOLERANCES["float32"])

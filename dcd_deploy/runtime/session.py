@@ -7,7 +7,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .errors import ProviderUnavailableError
+from ..errors import ProviderUnavailableError
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -133,7 +133,7 @@ def create_session(model: str | os.PathLike | bytes, provider: str = "cpu", thre
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if name != "CPUExecutionProvider" and ("CUDA" in text or "cuda" in text or "provider" in text.lower()):
             raise ProviderUnavailableError(f"{name} failed to start: {text}.", INSTALL_HINTS.get(name, "")) from None
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"ONNX Runtime cannot load {source if isinstance(source, str) else 'the model'}: {text}.",
                          "Check that the file is an ONNX model written by `dcd-deploy export` and not truncated.") from None
@@ -150,7 +150,7 @@ def device_name(provider: str) -> str:
     """A readable name of the device a provider runs on."""
     name = provider_name(provider)
     if name == "CPUExecutionProvider":
-        from .sysinfo import cpu_model
+        from ..sysinfo import cpu_model
 
         return cpu_model()
     if name in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
@@ -161,7 +161,7 @@ def device_name(provider: str) -> str:
                 return torch.cuda.get_device_name(0)
         except Exception:  # noqa: BLE001, S110 - torch without CUDA support: ask nvidia-smi instead
             pass
-        from .sysinfo import nvidia_smi_name
+        from ..sysinfo import nvidia_smi_name
 
         return nvidia_smi_name() or "NVIDIA GPU (name unknown)"
     return name

@@ -1,0 +1,1 @@
+"""Comparing an exported model with the original: inputs, tolerances, metrics, parity, localisation."""

@@ -1,0 +1,1 @@
+"""Exporting a lowered network to ONNX, stage by stage."""

@@ -1,0 +1,1 @@
+"""Reading a checkpoint, inferring its architecture and building the network it needs."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: sessions, ONNX file reading, runners and interleaved timing."""
