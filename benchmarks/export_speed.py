@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: wall time of ``dcd_deploy.export`` against ``torch.onnx.export(dynamo=True)``.
+"""Export speed benchmark: wall time of ``dcd_deploy.export`` against ``torch.onnx.export(dynamo=True)``.
 
 Both export the same resnet50_dcd (random weights, calibrated BatchNorms) at 224×224 with a
 dynamic batch axis, in one process, alternating, ``--repeats`` times each; medians are reported.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dcd_deploy.bench.run import naive_export
+from dcd_deploy.bench.naive import naive_export
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm

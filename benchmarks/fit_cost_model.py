@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from dcd_deploy.lowering import costmodel, lower_model
-from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.exporting.tuning import time_forms
+from dcd_deploy.lowering import lower_model
+from dcd_deploy.lowering.families import dcd_conv
+from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
@@ -37,20 +38,19 @@ def one_by_one_layers(model: torch.nn.Module, size: int) -> list[tuple]:
     """(info, input shape at batch 1, original layer) of each distinct 1×1 stride-1 DCD convolution."""
     seen: dict[tuple, tuple] = {}
 
-    def record(info, in_shape, layer=None):
+    def record(family, info, in_shape, layer):
         if info.family == "dcd_conv" and (info.kernel, info.stride) == (1, 1):
             key = (info.c_in, info.c_out, info.latent, info.squeeze, info.pool, in_shape[1:])
             seen.setdefault(key, (info, in_shape, layer))
         return "factored"
 
-    record.wants_layer = True  # type: ignore[attr-defined]
     lower_model(model, torch.randn(1, 3, size, size), choose_form=record, check=False)
     return list(seen.values())
 
 
 def decision_cost(row: dict, kernel_cost: float, pass_diff: float, fixed: float) -> float:
     """merged minus factored in the cost model's units (negative: merged), per sample."""
-    costs = costmodel.cpu_costs(row["c_in"], row["c_out"], row["latent"], row["hw"], kernel_cost=kernel_cost,
+    costs = dcd_conv.cpu_costs(row["c_in"], row["c_out"], row["latent"], row["hw"], kernel_cost=kernel_cost,
                                 pass_difference=pass_diff, factored_fixed=fixed)
     return costs["merged"] - costs["factored"]
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(o) != 3 for o in others):
         ap.error("--also takes three numbers: KERNEL_COST,PASS_DIFFERENCE,FACTORED_FIXED")
     batches = [int(b) for b in args.batches.split(",")]
-    current = (costmodel.KERNEL_COST, (costmodel.FACTORED_PASSES - costmodel.MERGED_PASSES) * costmodel.PASS_COST,
-               costmodel.FACTORED_FIXED)
+    current = (dcd_conv.KERNEL_COST, (dcd_conv.FACTORED_PASSES - dcd_conv.MERGED_PASSES) * dcd_conv.PASS_COST,
+               dcd_conv.FACTORED_FIXED)
     rows: list[dict] = []
     print(f"ONNX Runtime {versions()['onnxruntime']} CPU, {args.threads} threads, spinning off, {args.size}×{args.size}; "
           f"ms per layer run (median); choice = the cost model's (KERNEL_COST {current[0]:g}, pass difference "

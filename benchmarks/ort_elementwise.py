@@ -1,6 +1,6 @@
 """What one extra node and one extra elementwise pass cost on ONNX Runtime's CPU provider.
 
-Two facts behind the static-twin gap (BENCHMARKS.md, issue 6), measured on chains of identical
+Two facts behind the static-twin gap (BENCHMARKS.md), measured on chains of identical
 nodes so that per-node time = chain time / chain length:
 
 1. the fixed cost of a node: a chain of tiny (1×16) Add nodes;

@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: latency of deployed DCD models relative to their static twins.
+"""Static-twin benchmark: latency of deployed DCD models relative to their static twins.
 
 For each network (random weights with calibrated BatchNorms: latency does not depend on the
 values), these ONNX graphs are built from the same model:
@@ -17,6 +17,13 @@ values), these ONNX graphs are built from the same model:
   computes s. Any lowering into static convolutions and batched MatMuls does at least this much
   beyond the static twin (pool the layer input, run the attention MLP, apply a per-sample channel
   scale), so the floor's ratio shows how far the graph vocabulary itself can go on a provider.
+* ``dcd-deploy-b<N>`` (``--batch-specific``): ``dcd_deploy.export(..., batch=N)``, a file for batch N
+  only, whose layers may use the static-batch ``grouped`` form (each sample's kernel formed, one
+  grouped convolution with a computed weight), chosen by the cost model; timed at batch N only.
+  With ``--floor`` also ``floor-b<N>``: that export's forms with every low-rank branch deleted
+  (a grouped layer's kernel is diag(s)·W0 with a constant bias, the others as in ``floor``), the
+  lower bound of a fixed-batch export, and ``floor-b<N>[grouped]``: every layer forced into the
+  grouped form, low-rank branch deleted.
 
 All sessions run on one ONNX Runtime provider with the same thread count and intra-op spinning
 off, in one run, interleaved round-robin (``dcd_deploy.latency.measure_interleaved``, the runner
@@ -28,6 +35,7 @@ network (max |Δ| / max |ref|).
     python benchmarks/static_twin_ratio.py --models resnet18_dcd --batches 1 --runs 20
     python benchmarks/static_twin_ratio.py --provider cuda --cuda-graph both --fp16 --form auto,cuda,tune
     python benchmarks/static_twin_ratio.py --no-plain --floor              # with the lower bound
+    python benchmarks/static_twin_ratio.py --no-plain --batches 1 --batch-specific --floor
 """
 
 from __future__ import annotations
@@ -43,16 +51,17 @@ import numpy as np
 import onnx
 import torch
 
-from dcd_deploy.bench.run import OrtRunner, naive_export
-from dcd_deploy.runtime.timing import measure_interleaved
-from dcd_deploy.lowering import lower_model, relative_error
-from dcd_deploy.lowering.costmodel import cost_chooser
-from dcd_deploy.lowering.dcd_conv import LoweredDcdConv
-from dcd_deploy.lowering.static_twin import static_twin
+from dcd_deploy.bench.naive import naive_export
 from dcd_deploy.exporting.pipeline import export
-from dcd_deploy.runtime.session import provider_name
-from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.exporting.tuning import tuned_form_chooser
+from dcd_deploy.lowering import lower_model, relative_error
+from dcd_deploy.lowering.families.dcd_conv import LoweredDcdConv, cost_chooser
+from dcd_deploy.lowering.grouped import GroupedDcdConv
+from dcd_deploy.lowering.static_twin import static_twin
+from dcd_deploy.runtime.runners import OrtRunner
+from dcd_deploy.runtime.session import provider_name
+from dcd_deploy.runtime.timing import measure_interleaved
+from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
@@ -80,13 +89,45 @@ class ScaleOnlyConv(LoweredDcdConv):
         return self.conv(x) * s.view(-1, self.c_out, 1, 1) + self.p.bias.view(1, -1, 1, 1)
 
 
-def floor_model(model: torch.nn.Module, size: int) -> torch.nn.Module:
-    """The ``auto``-lowered network with every DCD convolution made a :class:`ScaleOnlyConv`."""
-    lowered, _ = lower_model(model, torch.randn(1, 3, size, size), check=False)
+class ScaleOnlyGroupedConv(GroupedDcdConv):
+    """The grouped (static-batch) form with its low-rank branch deleted (the ``floor-b<N>`` graph):
+    kernel diag(s)·W0 per sample, constant bias. It computes a different function than the DCD layer."""
+
+    def kernels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, k = self.batch, self.kernel
+        s = torch.clamp(self.scale(self.squeeze(x)), 0.0, 6.0)
+        kernel = (s.unsqueeze(2) if k == 1 else s.reshape(n, self.c_out, 1, 1, 1)) * self.w0
+        return kernel.reshape(n * self.c_out, self.c_in, k, k), self.p_b.reshape(1, -1).expand(n, -1).reshape(-1)
+
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gated_squeeze(self.pool(x))
+
+
+def floor_model(model: torch.nn.Module, size: int, batch: int | None = None, form: str = "auto") -> torch.nn.Module:
+    """The ``form``-lowered network (with a ``batch``: for that batch only, static-batch forms
+    allowed) with every DCD convolution's low-rank branch deleted: :class:`ScaleOnlyConv` for the
+    portable forms, :class:`ScaleOnlyGroupedConv` for the grouped form."""
+    lowered, _ = lower_model(model, torch.randn(batch or 1, 3, size, size), form, check=False, static_batch=batch)
     for module in lowered.modules():
         if isinstance(module, LoweredDcdConv):
             module.__class__ = ScaleOnlyConv
+        elif isinstance(module, GroupedDcdConv):
+            module.__class__ = ScaleOnlyGroupedConv
     return lowered
+
+
+def batch_specific_graphs(model: torch.nn.Module, size: int, batch: int, floor: bool, tmp: Path, log) -> dict[str, bytes]:
+    """``dcd-deploy-b<N>`` (a fixed-batch export, cost-model forms) and, with ``floor``, ``floor-b<N>``."""
+    result = export(model, tmp / f"b{batch}.onnx", input_size=size, batch=batch, self_check=False)
+    forms = {f: sum(1 for layer in result.report.lowered if layer.form == f) for f in ("factored", "merged", "grouped")}
+    log(f"  batch-specific b{batch}: forms {forms}")
+    graphs = {f"dcd-deploy-b{batch}": result.path.read_bytes()}
+    for form in ("auto", "grouped") if floor else ():
+        key = f"floor-b{batch}" + ("" if form == "auto" else f"[{form}]")
+        graphs[key] = export(floor_model(model, size, batch, form), tmp / f"{key}.onnx", input_size=size, batch=batch,
+                             allow_unlowered=True, self_check=False,
+                             metadata={"dcd_deploy.batch_specific": "true"}).path.read_bytes()
+    return graphs
 
 
 def constants_chooser(spec: str):
@@ -180,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true",
                     help="also time the floor: the auto lowering with each DCD layer's low-rank branch deleted "
                          "(a lower bound for this graph vocabulary, not a correct model)")
+    ap.add_argument("--batch-specific", action="store_true",
+                    help="also time dcd-deploy-b<N>: a fixed-batch export per batch N, whose layers may use the "
+                         "static-batch grouped form (with --floor also its floor, floor-b<N>)")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
     if unknown := [m for m in args.models.split(",") if m not in list_archs()]:
@@ -206,17 +250,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
         log(f"{name}: exporting")
+        batches = [int(b) for b in args.batches.split(",")]
         with tempfile.TemporaryDirectory() as tmp:
             graphs, info = build_graphs(model, args.size, forms, args.provider, not args.no_plain, args.fp16, args.floor, Path(tmp), log)
-        nodes = {k: len(onnx.load_from_string(g).graph.node) for k, g in graphs.items()}
-        for batch in [int(b) for b in args.batches.split(",")]:
+            specific = {b: batch_specific_graphs(model, args.size, b, args.floor, Path(tmp), log) if args.batch_specific else {}
+                        for b in batches}
+        nodes = {k: len(onnx.load_from_string(g).graph.node) for k, g in [*graphs.items(), *(
+            kv for per_batch in specific.values() for kv in per_batch.items())]}
+        for batch in batches:
             runs = max(8, args.runs // batch * 2) if batch > 1 and args.provider == "cpu" else args.runs
             x = np.random.default_rng(batch).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
             with torch.no_grad():
                 ref = model.double()(torch.from_numpy(x).double()).numpy()
             model.float()
-            log(f"{name} batch {batch}: measuring {len(graphs)} graphs")
-            res = measure(graphs, x, args.provider, args.threads, runs, args.cuda_graph, ref)
+            log(f"{name} batch {batch}: measuring {len(graphs) + len(specific[batch])} graphs")
+            res = measure({**graphs, **specific[batch]}, x, args.provider, args.threads, runs, args.cuda_graph, ref)
             results["rows"].append({"model": name, "batch": batch, "runs": runs, "nodes": nodes, "forms": info,
                                     "results": res})
             for mode in sorted({k.endswith("+graph") for k in res}):
@@ -245,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                           + " | ".join(cells) + f" | {nodes['static' + prec]} / {nodes.get('plain', '-')} / "
                           f"{nodes['dcd-deploy' + prec]} |", flush=True)
                     for key, r in res.items():
+                        if key in specific[batch] and not prec and "median_s" in r and key.endswith(suffix):
+                            err = "" if key.startswith("floor") else f", err {r['rel_err']:.1e}"
+                            print(f"  {name} b{batch} {key}: {r['median_s'] * 1e3:.2f} ms "
+                                  f"({r['median_s'] / static['median_s']:.2f}×{err})", flush=True)
                         if key.startswith("dcd-deploy[") and key.endswith(prec + suffix) and (prec or "-fp16" not in key) \
                                 and "median_s" in r and (mode or "+graph" not in key):
                             print(f"  {name} b{batch} {key}: {r['median_s'] * 1e3:.2f} ms "

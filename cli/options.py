@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dcd_deploy.errors import DcdDeployError
+from dcd_deploy.errors import DcdDeployError, Interrupted
 
 
 def loading_options(f: Callable) -> Callable:
@@ -39,11 +39,6 @@ def load_from_options(checkpoint: str, arch: str | None, width_mult: float | Non
 
     options = {"width_mult": width_mult, "fc_squeeze": fc_squeeze, "num_classes": num_classes, "dropout": dropout}
     given = {k: v for k, v in options.items() if v is not None}
-    if model_factory is None and arch is None and given:
-        from dcd_deploy.errors import ArchitectureError
-
-        raise ArchitectureError(f"{', '.join('--' + k.replace('_', '-') for k in given)} given without --arch.",
-                                "Pass --arch too, or leave the options out to infer them from the file.")
     return load_model(checkpoint, arch=arch, options=given, model_factory=model_factory,
                       model_args=parse_model_args(model_args) if model_args else None, trust_pickle=trust_pickle)
 
@@ -57,8 +52,8 @@ def pop_loading(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def parse_input_size(_ctx: Any, _param: Any, value: str | int) -> tuple[int, int]:
     """``224`` or ``224x192`` (height x width) to ``(height, width)``."""
-    from dcd_deploy.errors import InputError
     from dcd_deploy.compare.inputs import parse_size
+    from dcd_deploy.errors import InputError
 
     try:
         return parse_size(value)
@@ -77,7 +72,8 @@ def providers_option(default: str = "cpu") -> Callable:
 
 
 def reports_user_errors(f: Callable) -> Callable:
-    """Turn :class:`DcdDeployError` into a one-paragraph message and its exit code."""
+    """Turn :class:`DcdDeployError` into a one-paragraph message and its exit code, and Ctrl-C
+    (KeyboardInterrupt) into one line and exit status 130, for every command."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -86,5 +82,69 @@ def reports_user_errors(f: Callable) -> Callable:
         except DcdDeployError as exc:
             click.echo(exc.render(), err=True)
             raise SystemExit(exc.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C: the library removed its temporary files on the way out
+            interrupted = Interrupted()
+            click.echo(interrupted.render(), err=True)
+            raise SystemExit(interrupted.exit_code) from None
 
     return wrapper
+
+
+class LibraryChoice(click.Choice):
+    """``click.Choice`` over a library constant, imported the first time the choices are needed.
+
+    Declaring a command then does not import the library module (``dcd-deploy --help`` stays free
+    of torch); the choices are never written twice.
+    """
+
+    def __init__(self, module: str, name: str):
+        self._source = (module, name)
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        import importlib
+
+        module, name = self._source
+        return tuple(getattr(importlib.import_module(module), name))
+
+
+def stage_printer(quiet: bool) -> Callable[[str], None]:
+    """A callback printing ``[  elapsed s] message`` lines to stderr, or nothing when ``quiet``."""
+    import time
+
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - start:6.1f}s] {message}", err=True)
+
+    return say
+
+
+def parse_floats(_ctx: Any, _param: Any, value: str | None) -> tuple[float, ...] | None:
+    """``'0.485,0.456,0.406'`` to a tuple of floats (None stays None)."""
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers (e.g. 0.485,0.456,0.406).")
+    return values
+
+
+def normalisation_options(f: Callable) -> Callable:
+    """``--mean`` / ``--std``: per-channel normalisation of images read from folders."""
+    f = click.option("--std", callback=parse_floats, metavar="LIST", help="Per-channel std for images [default: ImageNet's].")(f)
+    return click.option("--mean", callback=parse_floats, metavar="LIST",
+                        help="Per-channel mean for images [default: ImageNet's].")(f)
+
+
+def optional_size_option(help: str) -> Callable:
+    """``--input-size`` without a default (None: the size the model or its metadata gives)."""
+    def callback(ctx: Any, param: Any, value: str | None) -> tuple[int, int] | None:
+        return None if value is None else parse_input_size(ctx, param, value)
+
+    return click.option("--input-size", callback=callback, metavar="N|HxW", help=help)

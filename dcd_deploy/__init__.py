@@ -1,24 +1,26 @@
-"""dcd-deploy: ship dynamic-convolution networks through ONNX.
+"""dcd-deploy: ship dynamic-convolution networks (DCD, CondConv, DyConv, ODConv) through ONNX.
 
 The package is laid out as its pipeline, one folder per step:
 
 * ``load/``      read a checkpoint, infer the architecture, build the network (``zoo/`` holds the
-                 registered architectures);
+                 registered architectures, each module declaring its own and its option inference);
 * ``lowering/``  recognise dynamic layers structurally and rewrite them into static ONNX-friendly ops
-                 (one module per layer family);
+                 (``family.py`` is the interface, ``families/`` one module per layer family);
 * ``runtime/``   ONNX Runtime sessions, ONNX file reading, runners and interleaved timing;
-* ``exporting/`` export as named stages (lower, trace, simplify, stamp, check, self-check, write);
-* ``compare/``   inputs, tolerances, metrics, parity and localisation of a divergence;
+* ``exporting/`` export as named stages (validate, lower, trace, simplify, convert, quantize, stamp,
+                 check, self-check, write);
+* ``compare/``   inputs, tolerances, metrics, parity, localisation of a divergence, accuracy;
 * ``bench/``     the deployment options of one model timed side by side, and their reports.
 
-Top-level names are imported lazily, so ``import dcd_deploy`` (and ``dcd-deploy --help``) does not
-import torch or ONNX Runtime.
+At the top: ``errors`` (the user-error family and exit codes), ``reporting`` (JSON, tables, atomic
+output files), ``inspection`` (``dcd-deploy inspect``), ``testing`` (``assert_parity`` for users'
+tests), ``sysinfo``, ``lazy``. Top-level names are imported lazily, so ``import dcd_deploy`` (and
+``dcd-deploy --help``) does not import torch or ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -39,14 +41,4 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dcd_deploy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

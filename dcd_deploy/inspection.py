@@ -23,12 +23,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import InputError
+from .errors import InputError, summarize_exception
 from .load.model import LoadedModel
-from .lowering import LayerInfo, find_dcd_layers
-
-# The static part of a recognised layer, per family: what remains when Λ ≡ 1 and Φ ≡ 0.
-STATIC_PART = {"dcd_conv": "conv", "dcd_head": "cls"}
+from .lowering import FAMILIES, DcdLayerInfo, LayerInfo, find_dynamic_layers
+from .lowering.computed_weights import computed_weight_modules
+from .reporting import table
 
 
 @dataclasses.dataclass
@@ -50,8 +49,8 @@ class DcdLayer:
     static_macs: int | None  # MACs of its static kernel alone
 
     @classmethod
-    def from_info(cls, path: str, info: LayerInfo, macs: int | None, static_macs: int | None) -> DcdLayer:
-        conv = info.family == "dcd_conv"
+    def from_info(cls, path: str, info: DcdLayerInfo, macs: int | None, static_macs: int | None) -> DcdLayer:
+        conv = info.spatial
         return cls(
             path, info.kind, info.family, info.c_in, info.c_out,
             info.kernel if conv else None, info.stride if conv else None, info.padding if conv else None,
@@ -75,6 +74,31 @@ class UnmatchedLayer:
 
 
 @dataclasses.dataclass
+class DynamicLayer:
+    """One recognised dynamic layer of any family (DCD, CondConv, DyConv, ODConv)."""
+
+    path: str
+    family: str  # the paper: dcd | condconv | dyconv | odconv
+    kind: str
+    c_in: int
+    c_out: int
+    kernel: int | None  # None for a Linear layer (the DCD head)
+    stride: int | None
+    groups: int
+    experts: int | None  # K; None for DCD
+    attentions: list[str]
+    macs: int | None  # MACs of the whole layer at the inspected input size
+
+    @classmethod
+    def from_info(cls, path: str, paper: str, info: LayerInfo, macs: int | None) -> DynamicLayer:
+        return cls(path, paper, info.kind, info.c_in, info.c_out, info.kernel if info.spatial else None,
+                   info.stride if info.spatial else None, info.groups, info.experts, list(info.attentions), macs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
 class Inspection:
     """Everything ``dcd-deploy inspect`` reports about a loaded checkpoint."""
 
@@ -89,6 +113,7 @@ class Inspection:
     layers: list[DcdLayer]
     unmatched: list[UnmatchedLayer]
     checkpoint: dict[str, Any]  # path, sha256, format and the file's metadata
+    dynamic: list[DynamicLayer] = dataclasses.field(default_factory=list)  # every family, DCD included
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -111,6 +136,7 @@ class Inspection:
             "static_macs": self.static_macs,
             "dcd_layer_counts": self.layer_counts,
             "dcd_layers": [layer.to_dict() for layer in self.layers],
+            "dynamic_layers": [layer.to_dict() for layer in self.dynamic],
             "unmatched_layers": [u.to_dict() for u in self.unmatched],
             "checkpoint": dict(self.checkpoint),
         }
@@ -143,9 +169,15 @@ class Inspection:
         if self.layers:
             lines.append("")
             lines.extend(_table(self.layers))
+        others = [layer for layer in self.dynamic if layer.family != "dcd"]
+        if others or not self.layers:
+            counts = ", ".join(f"{n} {fam}" for fam, n in Counter(layer.family for layer in self.dynamic).items())
+            lines.append(f"dynamic layers {len(self.dynamic)}" + (f" ({counts})" if counts else ""))
+        if others:
+            lines += ["", *_dynamic_table(others).splitlines()]
         if self.unmatched:
             lines.append("")
-            lines.append(f"{len(self.unmatched)} module(s) look dynamic but are not DCD layers as published "
+            lines.append(f"{len(self.unmatched)} module(s) look dynamic but match no supported layer as published "
                          "(they cannot be lowered):")
             lines += [f"  {u.path or '<root>'}: {u.reason}" for u in self.unmatched]
         return "\n".join(lines)
@@ -172,6 +204,16 @@ def _table(layers: list[DcdLayer]) -> list[str]:
         return "  ".join(cells).rstrip()
 
     return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def _dynamic_table(layers: list[DynamicLayer]) -> str:
+    header = ("#", "path", "family", "kind", "C_in→C_out", "kernel/stride", "groups", "K", "attentions", "MACs")
+    rows = [(str(i), layer.path or "<root>", layer.family, layer.kind, f"{layer.c_in}→{layer.c_out}",
+             f"{layer.kernel}×{layer.kernel}/{layer.stride}" if layer.kernel is not None else "linear",
+             str(layer.groups), str(layer.experts or "-"), ",".join(layer.attentions) or "-",
+             _mega(layer.macs) if layer.macs is not None else "?")
+            for i, layer in enumerate(layers, 1)]
+    return table(header, rows, "rlllrlrrlr")
 
 
 def _first_conv_channels(model: nn.Module) -> int:
@@ -224,26 +266,33 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
     try:
         macs, per_module = count_macs(model, input_shape)
     except Exception as exc:  # noqa: BLE001 - the network's own error says why the size does not fit
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"{loaded.arch} cannot run on a {'×'.join(map(str, input_shape))} input ({type(exc).__name__}: {first}).",
+            f"{loaded.arch} cannot run on a {'×'.join(map(str, input_shape))} input ({summarize_exception(exc)}).",
             "Pass the input size the network was trained for with --input-size (e.g. 224 for ImageNet models).",
         ) from None
 
     layers: list[DcdLayer] = []
+    dynamic: list[DynamicLayer] = []
     unmatched: list[UnmatchedLayer] = []
     dynamic_extra = 0
-    for found in find_dcd_layers(model):
+    paths = {id(m): p for p, m in model.named_modules()}
+    for found in find_dynamic_layers(model):
         if not isinstance(found.match, LayerInfo):
             unmatched.append(UnmatchedLayer(found.path, found.family, found.match.reason))
             continue
         info = found.match
         layer_macs = per_module.get(found.path)
-        part = STATIC_PART[info.family]
-        static = per_module.get(f"{found.path}.{part}" if found.path else part)
+        # the static part's MACs, when it is a submodule of the layer (counted in the same pass)
+        part = paths.get(id(FAMILIES[found.family].static_part(found.module, info)))
+        static = per_module.get(part) if part is not None else None
         if layer_macs is not None and static is not None:
             dynamic_extra += layer_macs - static
-        layers.append(DcdLayer.from_info(found.path, info, layer_macs, static))
+        if isinstance(info, DcdLayerInfo):
+            layers.append(DcdLayer.from_info(found.path, info, layer_macs, static))
+        dynamic.append(DynamicLayer.from_info(found.path, FAMILIES[found.family].paper, info, layer_macs))
+    example = torch.randn(2, *input_shape[1:], generator=torch.Generator().manual_seed(0))
+    known = [u.path for u in unmatched] + [d.path for d in dynamic]
+    unmatched += [UnmatchedLayer(path, "unknown", why) for path, why in computed_weight_modules(model, example, known).items()]
 
     ckpt = loaded.checkpoint
     checkpoint = {
@@ -265,4 +314,5 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
         layers=layers,
         unmatched=unmatched,
         checkpoint=checkpoint,
+        dynamic=dynamic,
     )

@@ -16,16 +16,16 @@ from typing import Any
 
 from torch import nn
 
+from .compare.parity import ParityResult, check_parity
 from .errors import ProviderUnavailableError
 from .load.model import LoadedModel
-from .compare.parity import ParityResult, check_parity
 
 
 def assert_parity(onnx_path: str | os.PathLike, checkpoint_or_model: str | os.PathLike | LoadedModel | nn.Module,
                   skip_unavailable: bool = False, **options: Any) -> ParityResult:
     """Assert that ``onnx_path`` computes what ``checkpoint_or_model`` computes; returns the result.
 
-    ``options`` are those of :func:`dcd_deploy.parity.check_parity` (``providers``, ``inputs``,
+    ``options`` are those of :func:`dcd_deploy.check_parity` (``providers``, ``inputs``,
     ``samples``, ``atol``, ``rtol``, ``reference_dtype``, ``load_options``, ...). With
     ``skip_unavailable=True`` a missing execution provider skips the pytest test instead of
     raising :class:`ProviderUnavailableError`. Unusable inputs raise

@@ -41,6 +41,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,14 +215,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size
     return correct, 100.0 * correct / len(x)
 
 
-def train_one(spec: dict[str, Any], settings: dict[str, Any], data: DigitsData) -> dict[str, Any]:
-    """Train one model from scratch; returns the model, optimizer and a run summary."""
+def train_one(spec: dict[str, Any], settings: dict[str, Any], data: DigitsData,
+              build: Callable[[dict[str, Any]], nn.Module] | None = None,
+              on_epoch: Callable[[nn.Module, int, int], None] | None = None) -> dict[str, Any]:
+    """Train one model from scratch; returns the model, optimizer and a run summary.
+
+    ``build(spec)`` makes the network (default: the zoo architecture ``spec['arch']``);
+    ``on_epoch(model, epoch, epochs)`` runs before each epoch (e.g. to anneal a temperature).
+    """
     tcfg, input_cfg, aug_cfg = settings["training"], settings["input"], settings["augmentation"]
     seed = int(spec.get("seed", tcfg["seed"]))
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    model = build_model(spec)
+    model = (build or build_model)(spec)
     optimizer = build_optimizer(model, tcfg["optimizer"])
     criterion = nn.CrossEntropyLoss(label_smoothing=float(tcfg.get("label_smoothing", 0.0)))
 
@@ -234,13 +241,15 @@ def train_one(spec: dict[str, Any], settings: dict[str, Any], data: DigitsData) 
     steps_per_epoch = len(train_unit) // batch_size  # drop_last: BatchNorm needs > 1 sample
     total_steps = epochs * steps_per_epoch
     base_lr = float(tcfg["optimizer"]["lr"])
-    print(f"[{spec['name']}] {spec['arch']} {spec['options']}: "
+    print(f"[{spec['name']}] {spec.get('arch') or spec.get('factory')} {spec['options']}: "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{len(train_unit)} train / {len(test_x)} held-out, {epochs} epochs × {steps_per_epoch} steps",
           flush=True)
 
     start, step, acc = time.perf_counter(), 0, 0.0
     for epoch in range(epochs):
+        if on_epoch is not None:
+            on_epoch(model, epoch, epochs)
         model.train()
         order = torch.randperm(len(train_unit), generator=generator)
         loss_sum = 0.0

@@ -12,8 +12,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from dcd_deploy.load.model import LoadedModel, load_model
 from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.load.model import LoadedModel, load_model
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dcd_deploy import LoadedModel, load_model
-from dcd_deploy.load.checkpoint import Checkpoint
 from dcd_deploy.errors import InputError
 from dcd_deploy.inspection import inspect_model
+from dcd_deploy.load.checkpoint import Checkpoint
 from dcd_deploy.zoo import create_model, get_arch, list_archs
 
 
@@ -22,7 +22,7 @@ def loaded_in_memory(arch: str, **options) -> LoadedModel:
     return LoadedModel(model, arch, full, False, [], Checkpoint(None, model.state_dict(), {"format": "in memory"}))
 
 
-# Figures of the architecture document (shared/docs/dcd-architecture.md), 224×224, batch 1, in M MACs.
+# Figures of the DCD paper's published architectures (also in the README), 224×224, batch 1, in M MACs.
 @pytest.mark.parametrize("arch, options, macs, static, layers", [
     ("mobilenetv2_dcd", {"fc_squeeze": 16}, 398, 301, {"DYModule": 32, "DYCls": 1}),
     ("resnet18_dcd", {}, 1883, 1814, {"conv_basic_dy": 16, "DYCls": 1}),
@@ -141,7 +141,7 @@ def test_real_command_prints_one_paragraph_and_no_traceback(tmp_path, dcd_deploy
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: ") and "\n\n" not in proc.stderr.strip()
+    assert proc.stderr.startswith("error:") and "\n\n" not in proc.stderr.strip()  # a long path may wrap after "error:"
     flat = " ".join(proc.stderr.split())
     assert "is not a PyTorch checkpoint" in flat and "text file starting with 'these are my notes" in flat
     assert "torch.save" in flat

@@ -1,9 +1,8 @@
-"""``dcd-deploy archs``: the registered architectures and their options."""
+"""``dcd-deploy archs``: the registered architectures and their options (read without importing torch)."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
@@ -15,18 +14,15 @@ from ..options import reports_user_errors
 @reports_user_errors
 def command(as_json: bool) -> None:
     """List the registered DCD architectures (usable as --arch) with their options and defaults."""
-    from dcd_deploy.zoo import get_arch, list_archs
+    from dcd_deploy.zoo.catalog import catalog, natural_key
 
-    def natural(name: str) -> list:  # resnet18 before resnet101
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-    specs = [get_arch(name) for name in sorted(list_archs(), key=natural)]
+    entries = [catalog()[name] for name in sorted(catalog(), key=natural_key)]
     if as_json:
-        archs = [{"name": s.name, "family": s.family, "options": dict(s.defaults)} for s in specs]
+        archs = [{"name": e.name, "family": e.family, "options": dict(e.defaults)} for e in entries]
         click.echo(json.dumps({"archs": archs}, indent=2))
         return
-    width = max(len(s.name) for s in specs)
+    width = max(len(e.name) for e in entries)
     click.echo(f"{'architecture'.ljust(width)}  options (defaults)")
-    for s in specs:
-        options = "  ".join(f"--{k.replace('_', '-')} {v}" for k, v in s.defaults.items())
-        click.echo(f"{s.name.ljust(width)}  {options}")
+    for e in entries:
+        options = "  ".join(f"--{k.replace('_', '-')} {v}" for k, v in e.defaults.items())
+        click.echo(f"{e.name.ljust(width)}  {options}")

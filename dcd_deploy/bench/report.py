@@ -5,6 +5,8 @@ interleaving, spinning), the versions, CPU model, devices and date, one table pe
 batch size, why each row that was not measured was not, and how long each artifact took to make.
 The HTML page is one self-contained file: styles inline and one latency-distribution plot (SVG,
 drawn headless with matplotlib's object API) per provider and batch size, so users look rather than read.
+Report files are checked before the measurement starts (:func:`dcd_deploy.reporting.check_output_path`)
+and written whole or not at all, with the mode the umask gives (:func:`dcd_deploy.reporting.write_output`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import html
 import inspect
 import io
-import json
 import math
 import os
 import textwrap
@@ -21,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .run import ROW_DESCRIPTIONS, BenchResult, BenchRow
-from ..errors import InputError
+from .. import reporting
+from ..reporting import check_output_path
+from .results import ROW_DESCRIPTIONS, BenchResult, BenchRow
 
 COLUMNS = ["session", "cold", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "img/s", "×static", "×eager"]
 COLUMN_HELP = {
@@ -35,6 +37,10 @@ COLUMN_HELP = {
     "×static": "median over the static twin's median (same provider and batch): how far from the floor",
     "×eager": "median over PyTorch eager's median (same provider and batch)",
 }
+
+ERROR_COLUMN = "error"
+ERROR_HELP = ("max |Δ| / max |ref| against the original network; int8 rows: top-1 agreement and mean logit cosine "
+              "with the float32 network they were quantized from, on shifted calibration samples")
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -129,14 +135,17 @@ def render_table(result: BenchResult, width: int = 120) -> str:
     reasons = _reasons(result)
     name_w = max([len(r.row) for r in result.rows] + [len("row")]) + 2
     widths = [max(len(c), 7) for c in COLUMNS]
+    with_error = any(r.int8 is not None for r in result.rows)  # int8 rows: their agreement beside the times
+    error = (lambda text: f"  {text}") if with_error else (lambda text: "")
     out = ["dcd-deploy bench", *header_lines(result), "times in ms; ×static and ×eager compare medians (p50)", ""]
     for provider, batch, rows in result.groups():
         device = result.devices.get(provider)
         out.append(f"{provider} · batch {batch}" + (f" · {device}" if device else ""))
-        out.append("row".ljust(name_w) + " ".join(c.rjust(wd) for c, wd in zip(COLUMNS, widths)))
+        out.append("row".ljust(name_w) + " ".join(c.rjust(wd) for c, wd in zip(COLUMNS, widths)) + error(ERROR_COLUMN))
         for row in rows:
             if row.measured:
-                out.append(row.row.ljust(name_w) + " ".join(c.rjust(wd) for c, wd in zip(row_cells(row), widths)))
+                out.append(row.row.ljust(name_w) + " ".join(c.rjust(wd) for c, wd in zip(row_cells(row), widths))
+                           + error(row.error_text()))
             else:
                 out.append(row.row.ljust(name_w) + f"{row.status} [{reasons.get(row.reason or '', '?')}]")
         out.append("")
@@ -156,19 +165,9 @@ def render_table(result: BenchResult, width: int = 120) -> str:
 # JSON
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no Infinity/NaN: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(result: BenchResult) -> str:
-    return json.dumps(_finite(result.to_dict()), indent=2, allow_nan=False) + "\n"
+    """Strict JSON (no Infinity/NaN: they become null) of :meth:`BenchResult.to_dict`."""
+    return reporting.to_json(result.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,12 +186,11 @@ def to_markdown(result: BenchResult) -> str:
     for provider, batch, rows in result.groups():
         device = result.devices.get(provider)
         out += [f"## {provider} · batch {batch}" + (f" · {_md_escape(device)}" if device else ""), ""]
-        out.append("| row | " + " | ".join(COLUMNS) + " | max rel. error |")
+        out.append("| row | " + " | ".join(COLUMNS) + f" | {ERROR_COLUMN} |")
         out.append("|---|" + "---:|" * (len(COLUMNS) + 1))
         for row in rows:
             if row.measured:
-                err = "—" if row.max_rel_err is None else f"{row.max_rel_err:.1e}"
-                out.append(f"| {row.row} | " + " | ".join(row_cells(row)) + f" | {err} |")
+                out.append(f"| {row.row} | " + " | ".join(row_cells(row)) + f" | {row.error_text()} |")
             else:
                 cells = [f"{row.status} [{reasons.get(row.reason or '', '?')}]"] + ["—"] * len(COLUMNS)
                 out.append(f"| {row.row} | " + " | ".join(cells) + " |")
@@ -204,7 +202,7 @@ def to_markdown(result: BenchResult) -> str:
     out += ["## Rows", ""]
     out += [f"- **{row}**: {ROW_DESCRIPTIONS[row]}" for row in dict.fromkeys(r.row for r in result.rows)]
     out += ["", "## Columns", ""]
-    out += [f"- **{c}**: {COLUMN_HELP[c]}" for c in COLUMNS]
+    out += [f"- **{c}**: {COLUMN_HELP[c]}" for c in COLUMNS] + [f"- **{ERROR_COLUMN}**: {ERROR_HELP}"]
     prep = preparation_lines(result)
     if prep:
         out += ["", "## Preparation", ""] + [f"- {_md_escape(p)}" for p in prep]
@@ -315,13 +313,12 @@ def to_html(result: BenchResult) -> str:
         title = f"{provider} · batch {batch}" + (f" · {device}" if device else "")
         parts.append(f"<h2>{e(title)}</h2>")
         head = "".join(f'<th class="num" title="{e(COLUMN_HELP[c])}">{e(c)}</th>' for c in COLUMNS)
-        parts.append(f'<table><tr><th>row</th>{head}<th class="num" title="max |Δ| / max |ref| against the original '
-                     f'network">max rel. error</th></tr>')
+        parts.append(f'<table><tr><th>row</th>{head}<th class="num" title="{e(ERROR_HELP)}">{e(ERROR_COLUMN)}</th></tr>')
         for row in rows:
             cls = ' class="static"' if row.row == "static" else ""
             name = f'<td title="{e(ROW_DESCRIPTIONS[row.row])}">{e(row.row)}</td>'
             if row.measured:
-                err = "—" if row.max_rel_err is None else f"{row.max_rel_err:.1e}"
+                err = row.error_text()
                 cells = "".join(f'<td class="num">{e(c)}</td>' for c in row_cells(row))
                 parts.append(f"<tr{cls}>{name}{cells}<td class=\"num\">{err}</td></tr>")
             else:
@@ -352,32 +349,18 @@ RENDERERS = {"json": to_json, "markdown": to_markdown, "html": to_html}
 
 
 def check_report_paths(**paths: str | os.PathLike | None) -> None:
-    """Raise :class:`InputError` now, before a long measurement, for a report that could not be written."""
+    """Raise :class:`~dcd_deploy.errors.OutputError` now, before a long measurement, for a report that
+    could not be written (``json=``, ``markdown=``, ``html=``)."""
     for fmt, path in paths.items():
         if fmt not in RENDERERS:
             raise ValueError(f"unknown report format {fmt!r}")
-        if path is None:
-            continue
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise InputError(f"Cannot write the {fmt} report: folder {path.parent} does not exist.",
-                             "Create it first or choose another path.")
-        if path.is_dir():
-            raise InputError(f"Cannot write the {fmt} report to {path}: it is a folder.", "Give a file name.")
+        if path is not None:
+            check_output_path(path, f"--{fmt} report")
 
 
 def write_reports(result: BenchResult, **paths: str | os.PathLike | None) -> list[Path]:
-    """Write each requested format (``json=``, ``markdown=``, ``html=``); returns the paths written."""
+    """Write each requested format (``json=``, ``markdown=``, ``html=``), each file whole or not at all
+    and with the mode the umask gives; returns the paths written."""
     check_report_paths(**paths)
-    written = []
-    for fmt, path in paths.items():
-        if path is None:
-            continue
-        path = Path(path)
-        text = RENDERERS[fmt](result)
-        try:
-            path.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"Cannot write the {fmt} report to {path}: {exc.strerror}.", "Choose a writable path.") from None
-        written.append(path)
-    return written
+    return [reporting.write_output(path, RENDERERS[fmt](result), what=f"{fmt} report")
+            for fmt, path in paths.items() if path is not None]

@@ -24,96 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from ..errors import InputError
+from ..errors import InputError, summarize_exception
+from ..runtime.onnxfile import InputSpec, input_spec, parse_size  # noqa: F401 - input_spec, parse_size re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_RANDOM_SAMPLES = 16
-
-_ONNX_TO_NUMPY = {
-    onnx.TensorProto.FLOAT: np.float32,
-    onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.DOUBLE: np.float64,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """The ONNX model's single input: name, shape (``None`` for a symbolic axis) and dtype."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-    metadata_size: tuple[int, int] | None = None  # 'dcd_deploy.input_size' (H, W), if recorded
-
-    @property
-    def channels(self) -> int | None:
-        return self.shape[1] if len(self.shape) == 4 else None
-
-    @property
-    def static_batch(self) -> int | None:
-        return self.shape[0] if self.shape else None
-
-    @property
-    def static_hw(self) -> tuple[int, int] | None:
-        if len(self.shape) == 4 and self.shape[2] is not None and self.shape[3] is not None:
-            return self.shape[2], self.shape[3]
-        return None
-
-    @property
-    def dynamic(self) -> bool:
-        return any(d is None for d in self.shape)
-
-    def describe(self) -> str:
-        dims = ["N" if d is None and i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(self.shape)]
-        return f"{self.name!r} {'×'.join(dims)} {np.dtype(self.dtype).name}"
-
-
-def parse_size(text: str | int) -> tuple[int, int]:
-    """``224``, ``'224'`` or ``'224x192'`` (height × width); raises :class:`InputError`."""
-    parts = str(text).lower().replace("×", "x").replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 1:
-        raise InputError(f"{text!r} is not an input size.", "Write it as 224 or 224x192 (height x width).")
-    return values[0], values[1]
-
-
-def input_spec(model: onnx.ModelProto) -> InputSpec:
-    """Read the single image input of ``model`` (initializers listed as inputs are skipped)."""
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs) or "none"
-        raise InputError(
-            f"The ONNX model has {len(inputs)} inputs ({names}); parity checks handle single-input image models.",
-            "Pass a model written by `dcd-deploy export` (one input, N×C×H×W).",
-        )
-    value = inputs[0]
-    tensor = value.type.tensor_type
-    dtype = _ONNX_TO_NUMPY.get(tensor.elem_type)
-    if dtype is None:
-        raise InputError(
-            f"The ONNX input {value.name!r} has element type {onnx.TensorProto.DataType.Name(tensor.elem_type)}, "
-            "not a floating-point image tensor.",
-            "Pass a model written by `dcd-deploy export`, whose input is float32 N×C×H×W.",
-        )
-    shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-    meta = {p.key: p.value for p in model.metadata_props}
-    size = None
-    if "dcd_deploy.input_size" in meta:
-        try:
-            size = parse_size(meta["dcd_deploy.input_size"])
-        except InputError:
-            size = None
-    return InputSpec(value.name, shape, np.dtype(dtype), size)
 
 
 @dataclasses.dataclass
@@ -193,24 +111,30 @@ def random_size(spec: InputSpec, input_size: tuple[int, int] | None) -> tuple[in
 
 
 def check_shape(data: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:
-    """Validate ``data`` against the ONNX input (a single C×H×W sample becomes a batch of one)."""
+    """Validate ``data`` against the ONNX input (a single C×H×W sample becomes a batch of one).
+
+    Messages quote the shape as given, not as reshaped.
+    """
     expected = "×".join("N" if i == 0 and d is None else ("any" if d is None else str(d)) for i, d in enumerate(spec.shape))
-    if data.ndim == 3 and len(spec.shape) == 4:
+    single = data.ndim == 3 and len(spec.shape) == 4
+    given = f"shape {tuple(data.shape)}" + (", read as one C×H×W sample" if single else "")
+    if single:
         data = data[None]
     if data.ndim != len(spec.shape):
         raise InputError(
-            f"{origin} has shape {tuple(data.shape)} ({data.ndim} dimensions) but the model's input {spec.name!r} "
+            f"{origin} has {given} ({data.ndim} dimensions) but the model's input {spec.name!r} "
             f"is {expected} ({len(spec.shape)} dimensions).",
             "Save the samples as one array (N, C, H, W), e.g. np.save('inputs.npy', batch).",
         )
     if data.shape[0] == 0:
-        raise InputError(f"{origin} holds no samples (shape {tuple(data.shape)}).", "Give at least one sample.")
+        raise InputError(f"{origin} holds no samples ({given}).", "Give at least one sample.")
     if len(spec.shape) == 4:
         c = spec.shape[1]
         if c is not None and data.shape[1] != c and data.shape[-1] == c:
+            axes = "(2, 0, 1)" if single else "(0, 3, 1, 2)"
             raise InputError(
-                f"{origin} has shape {tuple(data.shape)}, channels last, but the model takes {expected} (channels first).",
-                "Transpose it to N×C×H×W first: np.transpose(x, (0, 3, 1, 2)).",
+                f"{origin} has {given}, channels last, but the model takes {expected} (channels first).",
+                f"Transpose it to {'C×H×W' if single else 'N×C×H×W'} first: np.transpose(x, {axes}).",
             )
     wrong = [i for i, d in enumerate(spec.shape) if i > 0 and d is not None and data.shape[i] != d]
     if wrong:
@@ -219,8 +143,7 @@ def check_shape(data: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:
         hw = spec.static_hw
         hint = (f"Provide samples of shape (N, {', '.join(str(d) for d in spec.shape[1:])})"
                 + (f"; images in a folder are resized to {hw[0]}x{hw[1]} automatically" if hw else "") + ".")
-        raise InputError(f"{origin} has shape {tuple(data.shape)} ({what}), but the model's input {spec.name!r} is {expected}.",
-                         hint)
+        raise InputError(f"{origin} has {given} ({what}), but the model's input {spec.name!r} is {expected}.", hint)
     if not np.issubdtype(data.dtype, np.floating):
         raise InputError(
             f"{origin} holds {data.dtype} values; the model takes preprocessed float tensors.",
@@ -248,8 +171,7 @@ def _from_array(path: Path) -> tuple[np.ndarray, str]:
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"Cannot read {path} as a NumPy array file: {detail}.",
+        raise InputError(f"Cannot read {path} as a NumPy array file: {summarize_exception(exc)}.",
                          "Write it with np.save (.npy) or np.savez (.npz) and do not pickle objects into it.") from None
 
 
@@ -262,7 +184,7 @@ def _load_image(path: Path, channels: int, hw: tuple[int, int]) -> np.ndarray:
             image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"Cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.",
+        raise InputError(f"Cannot read image {path}: {summarize_exception(exc)}.",
                          "Remove or replace the file; only image files may be in the --inputs folder.") from None
     if array.ndim == 2:
         array = array[None]

@@ -1,10 +1,12 @@
-"""Localise a parity failure: the first DCD layer whose output diverges in ONNX Runtime.
+"""Localise a parity failure: the first dynamic layer whose output diverges in ONNX Runtime.
 
 The reference is the LOWERED PyTorch model (what the exporter traced), so the comparison is
 between two computations of the same graph:
 
 1. the original network is lowered with :func:`dcd_deploy.lowering.lower_model`; hooks on every
-   lowered DCD layer record its input and output on the localisation samples, in execution order;
+   lowered dynamic layer (DCD, CondConv, DyConv, ODConv: any family's lowered module) record its
+   input (the first argument: the feature map, also for a layer that takes the block's routing as
+   a second one) and output on the localisation samples, in execution order;
 2. the ONNX file under test is copied with every intermediate floating-point tensor added as a
    graph output (only tensors whose size can be one of those layers' inputs or outputs, when
    shape inference knows it) and run on the failing provider with the same options;
@@ -17,20 +19,30 @@ between two computations of the same graph:
    computes in) is reported with whether its INPUT already differed (the culprit is then in the
    static ops before it) or not (the layer itself), and its ONNX weights that carry the layer's
    name are compared with the weights lowered from the checkpoint.
+
+The messages call the layers "DCD layers" when every dynamic layer of the network is a DCD one,
+"dynamic layers" otherwise.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
-from .parity import DEFAULT_TOLERANCES, OnnxFile
+from ..errors import InputError
+from ..lowering import FAMILIES, LayerFamily, LayerInfo, RewriteReport, lower_model, relative_error
+from ..lowering.costmodel import TARGETS, CostChooser
+from ..runtime.onnxfile import OnnxFile
+from ..runtime.session import create_session, short_name
+from .tolerance import relative_threshold
 
 LOCALIZE_SAMPLES = 4
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -38,7 +50,7 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 @dataclasses.dataclass
 class LayerCheck:
-    """One lowered DCD layer: how far ONNX Runtime's closest tensors are from PyTorch's."""
+    """One lowered dynamic layer: how far ONNX Runtime's closest tensors are from PyTorch's."""
 
     path: str
     kind: str | None
@@ -65,15 +77,14 @@ class Localization:
     probe_output_error: float | None
     verdict: str
     notes: list[str] = dataclasses.field(default_factory=list)
+    noun: str = "DCD"  # what the layers are called: "DCD" or "dynamic" (other families present)
 
     def render(self) -> str:
-        from ..runtime.session import short_name
-
         lines = [(f"localisation on {short_name(self.provider)} (samples {', '.join(map(str, self.samples))}; "
-                  f"lowered PyTorch vs ONNX Runtime per DCD layer, threshold {self.threshold:.0e} of max|torch|):")]
+                  f"lowered PyTorch vs ONNX Runtime per {self.noun} layer, threshold {self.threshold:.0e} of max|torch|):")]
         if self.first is not None:
             f = self.first
-            lines.append(f"  first diverging DCD layer: {f.path}" + (f" ({f.summary})" if f.summary else ""))
+            lines.append(f"  first diverging {self.noun} layer: {f.path}" + (f" ({f.summary})" if f.summary else ""))
             lines.append(f"    output error {_fmt(f.output_error)}, input error {_fmt(f.input_error)}")
         lines.append(f"  {self.verdict}")
         for w in self.weight_diffs:
@@ -190,8 +201,6 @@ def _weight_diffs(proto: onnx.ModelProto, lowered_layer: nn.Module, path: str) -
     Compared flattened, so the factored and merged forms (same numbers, other shapes and names)
     can be compared with each other whichever form the file and this run lowered to.
     """
-    from onnx import numpy_helper
-
     state = {_CANONICAL.get(k, k): v for k, v in lowered_layer.state_dict().items()}
     diffs = []
     for init in proto.graph.initializer:
@@ -213,55 +222,88 @@ def _weight_diffs(proto: onnx.ModelProto, lowered_layer: nn.Module, path: str) -
     return diffs
 
 
-def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: list[int], provider: str,
-             provider_options: dict[str, Any], precision: str, reference_dtype: str = "float32") -> Localization:
-    """Find the first lowered DCD layer whose output differs between PyTorch and ``provider``."""
-    from ..lowering import lower_model, relative_error
-    from ..runtime.session import create_session
+@dataclasses.dataclass
+class _Traced:
+    """The lowered PyTorch model run on the localisation samples, every dynamic layer's input and output recorded."""
 
-    spec = onnx_file.spec
-    count = spec.static_batch or min(LOCALIZE_SAMPLES, len(order))
-    picked = [order[i % len(order)] for i in range(count)]
-    x_np = np.ascontiguousarray(data[picked])
-    dtype = torch.float64 if reference_dtype == "float64" else torch.float32
-    x = torch.from_numpy(x_np).to(dtype)
-    threshold = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["float32"])[1]
-    dynamic_size = onnx_file.metadata.get("dcd_deploy.dynamic_size") == "true"
+    lowered: nn.Module
+    report: RewriteReport
+    paths: list[str]
+    calls: list[tuple[str, np.ndarray, np.ndarray]]
+    output: np.ndarray
+    vs_original: float  # relative error of the lowered model against the original
 
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in onnx_file.proto.graph.initializer):
-        from ..errors import InputError
+    @property
+    def noun(self) -> str:
+        """What to call the layers: DCD when every lowered layer is a DCD one, else dynamic."""
+        return "DCD" if all(FAMILIES[layer.family].paper == "dcd" for layer in self.report.lowered) else "dynamic"
 
-        raise InputError(f"{onnx_file.path} keeps its weights in external data files; --localize needs them inside the "
-                         "ONNX file.", "Re-save it with onnx.save(model, path, save_as_external_data=False) to localise.")
+
+class _FileForms:
+    """Each layer's form as the file's rewrite metadata records it, so that the lowered model has the
+    file's weights under the file's names; the cost model of the file's target where it says nothing.
+
+    ``lower_model`` asks for the forms in the order of the layers it lowers, the order the metadata
+    lists them in; a recorded form is used only for a layer of the recorded kind that offers it.
+    """
+
+    def __init__(self, onnx_file: OnnxFile):
+        meta = onnx_file.metadata
+        try:
+            layers = json.loads(meta.get("dcd_deploy.rewrite") or "{}").get("layers", [])
+        except (ValueError, AttributeError):
+            layers = []
+        self.recorded = [(layer.get("kind"), layer.get("form")) for layer in layers
+                         if isinstance(layer, dict) and layer.get("lowered") and layer.get("form")]
+        target = meta.get("dcd_deploy.target")
+        self.fallback = CostChooser(target if target in TARGETS else "cpu")
+
+    def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: nn.Module,
+                 static_batch: int | None = None) -> str:
+        if self.recorded:
+            kind, form = self.recorded.pop(0)
+            if kind == info.kind and form in family.forms(info, in_shape, static_batch):
+                return form
+        return self.fallback(family, info, in_shape, layer, static_batch)
+
+
+def _trace_lowered(original: nn.Module, x: torch.Tensor, onnx_file: OnnxFile) -> _Traced:
     original = original.eval()
-    lowered, report = lower_model(original, x[:1].float(), dynamic_size=dynamic_size)
+    dynamic_size = onnx_file.metadata.get("dcd_deploy.dynamic_size") == "true"
+    lowered, report = lower_model(original, x[:1].float(), choose_form=_FileForms(onnx_file), dynamic_size=dynamic_size)
     original_run = original
-    if dtype == torch.float64:
+    if x.dtype == torch.float64:
         lowered, original_run = lowered.double(), copy.deepcopy(original).double()
     paths = [layer.path for layer in report.lowered]
     calls, lowered_out = _record(lowered, paths, x)
     with torch.no_grad():
         original_out = original_run(x)
     original_out = original_out[0] if isinstance(original_out, (tuple, list)) else original_out
-    lowered_vs_original = relative_error(torch.from_numpy(lowered_out), original_out.double())
+    vs_original = relative_error(torch.from_numpy(lowered_out), original_out.double())
+    return _Traced(lowered, report, paths, calls, lowered_out, vs_original)
 
-    sizes = {arr.size // count for _, a, b in calls for arr in (a, b)}
+
+def _onnx_tensors(onnx_file: OnnxFile, provider: str, provider_options: dict[str, Any], x: np.ndarray,
+                  sizes: set[int]) -> dict[str, np.ndarray]:
+    """Every intermediate tensor of a wanted per-sample size, computed by ONNX Runtime on ``provider``."""
+    spec = onnx_file.spec
     probe, _ = _probe_model(onnx_file.proto, sizes)
-    notes: list[str] = []
     session = create_session(probe.SerializeToString(), provider, provider_options=provider_options,
                              dynamic_shapes=spec.dynamic)
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {spec.name: x_np.astype(spec.dtype)})
+    values = session.run(names, {spec.name: x.astype(spec.dtype)})
     tensors = {n: np.asarray(v) for n, v in zip(names, values)}
-    tensors.setdefault(spec.name, x_np)
-    final_name = onnx_file.proto.graph.output[0].name
-    probe_output_error = _error(tensors[final_name], lowered_out, float(np.abs(lowered_out).max()))
+    tensors.setdefault(spec.name, x)
+    return tensors
 
-    matcher = _Matcher({n: v for n, v in tensors.items()})
-    info = {layer.path: layer for layer in report.lowered}
+
+def _layer_checks(traced: _Traced, tensors: dict[str, np.ndarray]) -> list[LayerCheck]:
+    """Each lowered layer (its first call) against its closest ONNX tensors."""
+    matcher = _Matcher(tensors)
+    info = {layer.path: layer for layer in traced.report.lowered}
     layers: list[LayerCheck] = []
     seen = set()
-    for path, inp, out in calls:
+    for path, inp, out in traced.calls:
         if path in seen:  # a layer called twice: keep its first call
             continue
         seen.add(path)
@@ -270,42 +312,74 @@ def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: 
         layer = info.get(path)
         layers.append(LayerCheck(path, layer.kind if layer else None, layer.info.summary() if layer and layer.info else None,
                                  in_err, out_err, in_name, out_name))
+    return layers
 
+
+def _verdict(layers: list[LayerCheck], first: LayerCheck | None, threshold: float, probe_output_error: float,
+             noun: str) -> str:
+    """Where the divergence starts, in one sentence."""
+    if first is None:
+        if probe_output_error > threshold:
+            last = layers[-1].path if layers else "the network input"
+            return f"every {noun} layer matches within {threshold:.0e}; the divergence is in the ops after {last}."
+        return (f"every {noun} layer and the final output match within {threshold:.0e} in this run; the failure comes "
+                "from small differences that add up, or does not reproduce when intermediate tensors are exposed "
+                "(ONNX Runtime then fuses fewer ops).")
+    idx = layers.index(first)
+    previous = layers[idx - 1] if idx > 0 else None
+    after = f"after {previous.path}, whose output still matched" if previous else "between the network input and this layer"
+    if first.output_error is None:
+        return (f"no tensor of the size of {first.path}'s output exists in the ONNX graph, so the graph does not "
+                "compute this layer as exported by dcd-deploy.")
+    if first.input_error is not None and first.input_error > threshold:
+        return (f"the input of {first.path} already differs ({_fmt(first.input_error)}): the divergence starts in "
+                f"the static (non-{noun}) ops {after}.")
+    return f"{first.path} receives the same input but computes a different output: the layer itself diverges in ONNX Runtime."
+
+
+def _notes(onnx_file: OnnxFile, traced: _Traced, threshold: float) -> list[str]:
+    notes: list[str] = []
+    changed = [p for p in traced.paths if _weight_diffs(onnx_file.proto, traced.lowered.get_submodule(p), p)]
+    if changed:
+        notes.append(f"the ONNX weights of {len(changed)} of {len(traced.paths)} {traced.noun} layers differ from the "
+                     f"checkpoint's ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
+    if traced.vs_original > threshold:
+        notes.append(f"the lowered PyTorch model itself differs from the original by {_fmt(traced.vs_original)} "
+                     "(a lowering problem, not an ONNX Runtime one)")
+    if not traced.report:
+        notes.append("some dynamic layers were not lowered: " + traced.report.summary())
+    return notes
+
+
+def localize(onnx_file: OnnxFile, original: nn.Module, data: np.ndarray, order: list[int], provider: str,
+             provider_options: dict[str, Any], precision: str, reference_dtype: str = "float32") -> Localization:
+    """Find the first lowered dynamic layer whose output differs between PyTorch and ``provider``.
+
+    ``order`` lists the samples from the worst to the best; the first few are used (the model's
+    fixed batch size of them, when it has one). ``precision`` is what the provider computes in.
+    """
+    if onnx_file.has_external_data:
+        raise InputError(f"{onnx_file.path} keeps its weights in external data files; --localize needs them inside the "
+                         "ONNX file.", "Re-save it with onnx.save(model, path, save_as_external_data=False) to localise.")
+    count = onnx_file.spec.static_batch or min(LOCALIZE_SAMPLES, len(order))
+    picked = [order[i % len(order)] for i in range(count)]
+    x_np = np.ascontiguousarray(data[picked])
+    x = torch.from_numpy(x_np).to(torch.float64 if reference_dtype == "float64" else torch.float32)
+    threshold = relative_threshold(precision)
+    traced = _trace_lowered(original, x, onnx_file)
+    sizes = {arr.size // count for _, a, b in traced.calls for arr in (a, b)}
+    tensors = _onnx_tensors(onnx_file, provider, provider_options, x_np, sizes)
+    final = tensors[onnx_file.proto.graph.output[0].name]
+    probe_output_error = _error(final, traced.output, float(np.abs(traced.output).max()))
+    layers = _layer_checks(traced, tensors)
     first = next((layer for layer in layers if layer.output_error is None or layer.output_error > threshold), None)
-    previous = None
+    previous = layers[layers.index(first) - 1] if first is not None and layers.index(first) > 0 else None
+    verdict = _verdict(layers, first, threshold, probe_output_error, traced.noun)
     weight_diffs: list[dict[str, Any]] = []
     if first is not None:
-        idx = layers.index(first)
-        previous = layers[idx - 1] if idx > 0 else None
-        after = f"after {previous.path}, whose output still matched" if previous else "between the network input and this layer"
-        if first.output_error is None:
-            verdict = (f"no tensor of the size of {first.path}'s output exists in the ONNX graph, so the graph does not "
-                       "compute this layer as exported by dcd-deploy.")
-        elif first.input_error is not None and first.input_error > threshold:
-            verdict = (f"the input of {first.path} already differs ({_fmt(first.input_error)}): the divergence starts in "
-                       f"the static (non-DCD) ops {after}.")
-        else:
-            verdict = (f"{first.path} receives the same input but computes a different output: the layer itself "
-                       "diverges in ONNX Runtime.")
-        weight_diffs = _weight_diffs(onnx_file.proto, lowered.get_submodule(first.path), first.path)
+        weight_diffs = _weight_diffs(onnx_file.proto, traced.lowered.get_submodule(first.path), first.path)
         if weight_diffs:
             verdict += (" Its weights in the ONNX file differ from the checkpoint's: the file was not exported from this "
                         "checkpoint, or was modified since.")
-    elif probe_output_error > threshold:
-        last = layers[-1].path if layers else "the network input"
-        verdict = f"every DCD layer matches within {threshold:.0e}; the divergence is in the ops after {last}."
-    else:
-        verdict = (f"every DCD layer and the final output match within {threshold:.0e} in this run; the failure comes "
-                   "from small differences that add up, or does not reproduce when intermediate tensors are exposed "
-                   "(ONNX Runtime then fuses fewer ops).")
-    changed = [path for path in paths if _weight_diffs(onnx_file.proto, lowered.get_submodule(path), path)]
-    if changed:
-        notes.append(f"the ONNX weights of {len(changed)} of {len(paths)} DCD layers differ from the checkpoint's "
-                     f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
-    if lowered_vs_original > threshold:
-        notes.append(f"the lowered PyTorch model itself differs from the original by {_fmt(lowered_vs_original)} "
-                     "(a lowering problem, not an ONNX Runtime one)")
-    if not report:
-        notes.append("some dynamic layers were not lowered: " + report.summary())
-    return Localization(provider, picked, threshold, layers, first, previous, weight_diffs, lowered_vs_original,
-                        probe_output_error, verdict, notes)
+    return Localization(provider, picked, threshold, layers, first, previous, weight_diffs, traced.vs_original,
+                        probe_output_error, verdict, _notes(onnx_file, traced, threshold), traced.noun)

@@ -1,20 +1,51 @@
-"""Structural properties every exported graph must have (checked after each export)."""
+"""Structural properties every exported graph must have (checked after each export).
+
+No Conv takes a computed weight (an int8 file's dequantized constant weights count as constant),
+with one exception: a batch-specific file (metadata
+``dcd_deploy.batch_specific=true``, written only by fixed-batch exports that use the static-batch
+``grouped`` form of ``lowering/grouped.py``) may hold that form's convolutions, recognised by
+their scope name.
+"""
 
 from __future__ import annotations
 
 import collections
+import re
+from typing import Any
 
 import onnx
 
+from ..lowering.grouped import CONV_SCOPE
+from ..lowering.grouped import FORM as GROUPED_FORM
+
+BATCH_SPECIFIC_KEY = "dcd_deploy.batch_specific"
+_SCOPE = re.compile(rf"/{CONV_SCOPE}(_\d+)?/")  # torch.onnx numbers repeated scope names
+
+
+def batch_specific_metadata(report: Any, batch: int | None) -> dict[str, str]:
+    """``dcd_deploy.batch_specific`` (and ``dcd_deploy.batch``) for a rewrite ``report``: true when a
+    layer was lowered to the static-batch form, so the file runs at batch ``batch`` only."""
+    specific = batch is not None and any(layer.form == GROUPED_FORM for layer in report.lowered)
+    meta = {BATCH_SPECIFIC_KEY: str(specific).lower()}
+    return {**meta, "dcd_deploy.batch": str(batch)} if batch is not None else meta
+
 
 def conv_weights_are_constant(model: onnx.ModelProto) -> list[str]:
-    """Names of Conv nodes whose weight (or bias) is computed rather than an initializer."""
+    """Names of Conv nodes whose weight (or bias) is computed rather than an initializer (except the
+    static-batch form's convolutions in a file marked batch-specific). In an int8 (QDQ) graph a
+    ``DequantizeLinear`` of constants (the int8 weight, its scales and zero points) is constant too;
+    any other computation on the way to the weight is not."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for node in model.graph.node:  # topological order: a DequantizeLinear's inputs are known before it
+        if node.op_type == "DequantizeLinear" and all(not name or name in consts for name in node.input):
+            consts.update(node.output)
+    specific = any(p.key == BATCH_SPECIFIC_KEY and p.value == "true" for p in model.metadata_props)
     bad = []
     for node in model.graph.node:
         if node.op_type in ("Conv", "ConvTranspose") and any(name and name not in consts for name in node.input[1:]):
-            bad.append(node.name or node.output[0])
+            if not (specific and node.op_type == "Conv" and _SCOPE.search(node.name)):
+                bad.append(node.name or node.output[0])
     return bad
 
 

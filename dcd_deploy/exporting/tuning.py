@@ -1,39 +1,43 @@
 """Measured autotuning of the lowered form (``dcd-deploy export --tune``).
 
-For every DCD convolution that has more than one lowered form, each candidate is exported on
-its own (the layer alone, at the input shape it sees in the network) and timed on the target's
-ONNX Runtime provider (CPU, or CUDA with the input and output bound on the GPU), candidates
-interleaved round-robin with thread spinning off; the form with the lowest median wins. Layers
-with one candidate (3×3 or strided) are not timed.
+For every dynamic layer whose family offers more than one lowered form (``family.forms``),
+each candidate is lowered by its family and exported on its own (the layer alone, at the input
+shape it sees in the network) and timed on the target's ONNX Runtime provider (CPU, or CUDA with
+the input and output bound on the GPU), candidates interleaved round-robin with thread spinning
+off; the form with the lowest median wins. Layers with one candidate (a DCD convolution that is
+3×3 or strided) are not timed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from collections.abc import Callable
 
 import onnx
 import torch
 
-from ..lowering.base import LayerInfo
-from ..lowering.costmodel import TARGETS, form_costs
+from ..lowering.costmodel import check_target
+from ..lowering.family import FAMILIES, LayerFamily, LayerInfo, LowerOptions
 
 
 def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...], forms: list[str], threads: int | None,
-               runs: int, provider: str = "cpu") -> dict[str, float]:
-    """Median seconds of each lowered ``form`` of one DCD convolution at ``in_shape`` on ``provider``."""
-    from ..bench.run import OrtRunner
+               runs: int, provider: str = "cpu", static_batch: int | None = None) -> dict[str, float]:
+    """Median seconds of each lowered ``form`` of one dynamic layer at ``in_shape`` on ``provider``
+    (``static_batch``: the fixed batch of a batch-specific export, for its static-shape forms)."""
     from ..errors import LoweringError, ProviderUnavailableError
-    from ..runtime.timing import measure_interleaved
-    from ..lowering.dcd_conv import ConvLowering, LoweredDcdConv
-    from .pipeline import simplify
+    from ..runtime.runners import OrtRunner
     from ..runtime.session import provider_name
+    from ..runtime.timing import measure_interleaved
+    from .stages import simplify
 
+    family = FAMILIES[info.family]
     x = torch.randn(*in_shape, generator=torch.Generator().manual_seed(0))
     runners: dict[str, OrtRunner] = {}
+    in_hw = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else None
     for form in forms:
-        lowered = LoweredDcdConv.from_layer(layer, info, None, ConvLowering(form, (in_shape[2], in_shape[3])))
+        lowered = family.lower(layer, info, None, LowerOptions(form, in_hw, static_batch))
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -52,35 +56,39 @@ def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...
     return {m.label: m.stats.p50 for m in measured}
 
 
-def tuned_form_chooser(threads: int | None = None, runs: int = 15, target: str = "cpu",
-                       on_progress: Callable[[str], None] | None = None) -> Callable[[LayerInfo, tuple[int, ...]], str]:
-    """A form chooser for :func:`dcd_deploy.lowering.lower_model` that times the candidates on
+class TunedFormChooser:
+    """A :class:`~dcd_deploy.lowering.family.FormChooser` that times each layer's candidate forms on
     ``target``'s provider ('cpu' or 'cuda'; raises ProviderUnavailableError if it is missing).
 
-    The chooser needs the original layer; ``lower_model`` passes it as the ``layer`` keyword.
-    Results are cached per (layer sizes, input shape), so repeated blocks are timed once.
+    Results are cached per (family, layer sizes, input shape), so repeated blocks are timed once.
     """
-    from ..runtime.session import check_available, provider_name
 
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
-    provider = target  # the runtime provider of each target has the target's name
-    check_available(provider_name(provider))
-    cache: dict[tuple, str] = {}
+    def __init__(self, threads: int | None = None, runs: int = 15, target: str = "cpu",
+                 on_progress: Callable[[str], None] | None = None):
+        from ..runtime.session import check_available, provider_name
 
-    def choose(info: LayerInfo, in_shape: tuple[int, ...], layer: torch.nn.Module | None = None) -> str:
-        forms = list(form_costs(info, in_shape, target))
-        if len(forms) == 1 or layer is None:
+        self.provider = check_target(target)  # the runtime provider of each target has the target's name
+        check_available(provider_name(self.provider))
+        self.threads, self.runs, self.on_progress = threads, runs, on_progress
+        self.cache: dict[tuple, str] = {}
+
+    def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: torch.nn.Module,
+                 static_batch: int | None = None) -> str:
+        forms = family.forms(info, in_shape, static_batch)
+        if len(forms) == 1:
             return forms[0]
-        key = (info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.latent, info.squeeze, info.pool, in_shape)
-        if key not in cache:
-            medians = time_forms(layer, info, in_shape, forms, threads, runs, provider)
-            cache[key] = min(medians, key=medians.get)
-            if on_progress:
+        key = (family.name, json.dumps(info.to_dict(), sort_keys=True), in_shape, static_batch)
+        if key not in self.cache:
+            medians = time_forms(layer, info, in_shape, forms, self.threads, self.runs, self.provider, static_batch)
+            self.cache[key] = min(medians, key=medians.get)
+            if self.on_progress:
                 timings = ", ".join(f"{f} {t * 1e3:.3f} ms" for f, t in medians.items())
-                on_progress(f"  tuned on {target}: {info.summary()} at {in_shape[2]}×{in_shape[3]}: {timings} -> {cache[key]}")
-        return cache[key]
+                self.on_progress(f"  tuned on {self.provider}: {info.summary()} at {'×'.join(map(str, in_shape[2:]))}: "
+                                 f"{timings} -> {self.cache[key]}")
+        return self.cache[key]
 
-    choose.wants_layer = True  # type: ignore[attr-defined]
-    choose.target = target  # type: ignore[attr-defined]
-    return choose
+
+def tuned_form_chooser(threads: int | None = None, runs: int = 15, target: str = "cpu",
+                       on_progress: Callable[[str], None] | None = None) -> TunedFormChooser:
+    """The :class:`TunedFormChooser` for ``target`` (fails fast when its provider is missing)."""
+    return TunedFormChooser(threads, runs, target, on_progress)

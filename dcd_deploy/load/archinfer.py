@@ -1,132 +1,27 @@
-"""Infer the architecture and its options from a state dict's keys and shapes.
+"""Infer the architecture and its options from a state dict's keys and shapes, and confirm it.
 
-Each family has a small pure function that reads the few shapes that decide its options;
-the result is then confirmed by building the network on the ``meta`` device and comparing every
-key and shape, so an inference is never taken on trust.
+Every zoo module registers a probe next to its factories (``zoo.registry.register_probe``): a key
+only its checkpoints have, and a small function that reads the few shapes that decide its
+options. This module holds only the generic part: run the probe whose key is in the file, then
+confirm its answer by building the network on the ``meta`` device and comparing every key and
+shape, so an inference is never taken on trust; and explain any difference in words.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ArchitectureError
-from ..zoo import get_arch
-from ..zoo.mobilenetv2 import MOBILENETV2_CFGS, channel_divisor, make_divisible
-from ..zoo.resnet import RESNET_DEPTHS, Bottleneck
+from ..zoo.registry import Inference, get_arch, probes
 
-# Values tried first, so that the answer is the one a person would have typed.
-COMMON_WIDTHS = (1.0, 0.5, 0.75, 0.35, 0.25, 1.4, 1.3, 1.25, 1.5, 2.0, 0.1)
-FINE_WIDTHS = tuple(round(0.05 * i, 2) for i in range(2, 61))
-COMMON_SQUEEZES = (8, 16, 4, 32, 2, 1, 64, 12, 24)
-
-
-@dataclasses.dataclass
-class Inference:
-    arch: str
-    options: dict[str, Any]
-    notes: list[str]
-
-
-def head_index(sd: dict[str, torch.Tensor]) -> int | None:
-    for key in sd:
-        m = re.fullmatch(r"classifier\.(\d+)\.cls\.weight", key)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def _head_options(sd: dict[str, torch.Tensor], arch: str, notes: list[str]) -> dict[str, Any]:
-    idx = head_index(sd)
-    if idx is None:
-        raise ArchitectureError(
-            "The checkpoint has no DCD classifier head (no key 'classifier.<i>.cls.weight').",
-            "If the network is your own, build it with --model package.module:factory.",
-        )
-    num_classes = sd[f"classifier.{idx}.cls.weight"].shape[0]
-    default_dropout = get_arch(arch).defaults["dropout"]
-    dropout = default_dropout if idx == 1 else 0.0
-    notes.append(f"num_classes={num_classes} from classifier.{idx}.cls.weight")
-    notes.append(
-        f"dropout={'present' if idx == 1 else 'absent'} (head is classifier.{idx}; the rate is not stored and "
-        "does not matter at inference)"
-    )
-    return {"num_classes": num_classes, "dropout": dropout}
-
-
-def _infer_resnet(sd: dict[str, torch.Tensor]) -> Inference:
-    bottleneck = "layer1.0.conv3.conv.weight" in sd
-    counts = []
-    for stage in range(1, 5):
-        idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        counts.append(max(idx) + 1 if idx else 0)
-    for name, (block, layers) in RESNET_DEPTHS.items():
-        if (block is Bottleneck) == bottleneck and layers == counts:
-            notes = [f"{'Bottleneck' if bottleneck else 'BasicBlock'} blocks per stage {counts}"]
-            return Inference(name, _head_options(sd, name, notes), notes)
-    raise ArchitectureError(
-        f"The checkpoint is a ResNet-DCD with {'Bottleneck' if bottleneck else 'BasicBlock'} blocks "
-        f"{counts} per stage, which is no registered architecture.",
-        "Build the network yourself with --model package.module:factory.",
-    )
-
-
-def _mobilenet_channels(width: float) -> tuple[int, list[int], int]:
-    div = channel_divisor(width)
-    stem = make_divisible(32 * width, div)
-    outs = [make_divisible(c * width, div) for _, c, n, _ in MOBILENETV2_CFGS for _ in range(n)]
-    last = make_divisible(1280 * width, div) if width > 1.0 else 1280
-    return stem, outs, last
-
-
-def _infer_mobilenetv2(sd: dict[str, torch.Tensor]) -> Inference:
-    notes: list[str] = []
-    stem = sd["features.0.0.weight"].shape[0]
-    outs = []
-    for i in range(1, 1 + sum(n for _, _, n, _ in MOBILENETV2_CFGS)):
-        key = f"features.{i}.conv.6.conv.weight" if f"features.{i}.conv.6.conv.weight" in sd else f"features.{i}.conv.3.weight"
-        outs.append(sd[key].shape[0] if key in sd else None)
-    last = sd["conv.0.weight"].shape[0] if "conv.0.weight" in sd else None
-    found = (stem, outs, last)
-    widths = [w for w in dict.fromkeys(COMMON_WIDTHS + FINE_WIDTHS) if _mobilenet_channels(w) == found]
-    if not widths:
-        raise ArchitectureError(
-            f"The checkpoint looks like MobileNetV2-DCD but no width_mult gives its channel counts "
-            f"(stem {stem}, blocks {outs}, last {last}).",
-            "If the network is your own variant, build it with --model package.module:factory.",
-        )
-    width = widths[0]
-    notes.append(f"width_mult={width} from the channel counts (stem {stem}, last block {outs[-1]})")
-
-    # fc_squeeze: squeeze = max(max(inp*mul, L^2) // fc_squeeze, 4) for every DYModule.
-    modules = []
-    for key, weight in sd.items():
-        m = re.fullmatch(r"(features\.\d+\.conv\.\d+)\.fc\.0\.weight", key)
-        if m:
-            squeeze, pooled = weight.shape
-            dim = sd[f"{m.group(1)}.conv_q.weight"].shape[0]
-            modules.append((squeeze, pooled, dim))
-    candidates = list(COMMON_SQUEEZES) + [f for f in range(1, 129) if f not in COMMON_SQUEEZES]
-    squeezes = [f for f in candidates if all(max(max(p, d * d) // f, 4) == s for s, p, d in modules)]
-    if not squeezes:
-        raise ArchitectureError(
-            "The checkpoint looks like MobileNetV2-DCD but no fc_squeeze gives the widths of its attention layers.",
-            "If the network is your own variant, build it with --model package.module:factory.",
-        )
-    notes.append(f"fc_squeeze={squeezes[0]} from the attention widths (fc.0.weight) of {len(modules)} DYModules")
-    options = {"width_mult": width, "fc_squeeze": squeezes[0], **_head_options(sd, "mobilenetv2_dcd", notes)}
-    return Inference("mobilenetv2_dcd", options, notes)
-
-
-FAMILY_PROBES: list[tuple[str, Callable[[dict[str, torch.Tensor]], Inference]]] = [
-    ("layer1.0.conv1.conv.weight", _infer_resnet),
-    ("features.0.0.weight", _infer_mobilenetv2),
+__all__ = [
+    "Inference", "build_uninitialised", "check_given_architecture", "expected_shapes", "format_options",
+    "guess_architecture", "infer_architecture", "init_skipped", "options_text", "shape_mismatch",
 ]
 
 
@@ -157,6 +52,17 @@ def shape_mismatch(expected: dict[str, torch.Size], found: dict[str, torch.Tenso
     if unexpected:
         return f"the checkpoint has '{unexpected[0]}' {tuple(found[unexpected[0]].shape)}, which the network lacks" + tail
     return None
+
+
+INCOMPLETE_FIX = (
+    "The file is incomplete, has extra entries, or was saved from a modified network: re-save it from the "
+    "full model, or build the modified network with --model package.module:factory."
+)
+
+
+def options_text(options: dict[str, Any]) -> str:
+    """``width_mult=0.5, num_classes=10``: options as a person reads them."""
+    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 def format_options(arch: str, options: dict[str, Any]) -> str:
@@ -198,18 +104,18 @@ def expected_shapes(arch: str, options: dict[str, Any]) -> dict[str, torch.Size]
 def guess_architecture(sd: dict[str, torch.Tensor]) -> Inference | None:
     """The registered architecture and options that ``sd``'s deciding shapes point to, unverified.
 
-    ``None`` when no registered family's probe key is in ``sd``; :class:`ArchitectureError` when
+    ``None`` when no registered probe's signature key is in ``sd``; :class:`ArchitectureError` when
     one is but its options cannot be read. :func:`infer_architecture` verifies the guess.
     """
-    for probe, infer in FAMILY_PROBES:
-        if probe in sd:
+    for probe in probes():
+        if probe.signature_key in sd:
             try:
-                return infer(sd)
+                return probe.infer(sd)
             except (KeyError, IndexError, ValueError, TypeError) as exc:
-                # The probe key is there but a key or shape the family always has is not.
+                # The signature key is there but a key or shape the family always has is not.
                 raise ArchitectureError(
-                    f"The checkpoint has '{probe}' like a registered DCD network, but not the rest of one "
-                    f"({type(exc).__name__}: {exc}).",
+                    f"The checkpoint has '{probe.signature_key}' like a registered DCD network, but not the rest of "
+                    f"one ({type(exc).__name__}: {exc}).",
                     "If the network is your own, build it with --model package.module:factory.",
                 ) from None
     return None
@@ -227,20 +133,10 @@ def infer_architecture(sd: dict[str, torch.Tensor]) -> Inference:
     problem = shape_mismatch(expected_shapes(result.arch, result.options), sd)
     if problem:
         raise ArchitectureError(
-            f"The checkpoint looks like {result.arch} ({_fmt(result.options)}) but does not fit it: {problem}.",
+            f"The checkpoint looks like {result.arch} ({options_text(result.options)}) but does not fit it: {problem}.",
             INCOMPLETE_FIX,
         )
     return result
-
-
-INCOMPLETE_FIX = (
-    "The file is incomplete, has extra entries, or was saved from a modified network: re-save it from the "
-    "full model, or build the modified network with --model package.module:factory."
-)
-
-
-def _fmt(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 def check_given_architecture(sd: dict[str, torch.Tensor], arch: str, options: dict[str, Any]) -> None:
@@ -267,5 +163,5 @@ def check_given_architecture(sd: dict[str, torch.Tensor], arch: str, options: di
             hint = ("Check --arch and its options against how the network was trained; if it is your own network, "
                     "build it with --model package.module:factory.")
     raise ArchitectureError(
-        f"The checkpoint does not match {spec.name} ({_fmt({**spec.defaults, **options})}): {problem}.", hint
+        f"The checkpoint does not match {spec.name} ({options_text({**spec.defaults, **options})}): {problem}.", hint
     )

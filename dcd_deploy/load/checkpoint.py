@@ -8,7 +8,9 @@ Formats recognised:
 * a bare state dict;
 * a whole pickled ``nn.Module`` (only with ``trust_pickle=True``: unpickling runs code).
 
-Tensors are always read with ``torch.load(weights_only=True)`` first.
+Tensors are always read with ``torch.load(weights_only=True)`` first. A file torch.save did not
+write is named for what it is: a text file, an ONNX model given where the checkpoint belongs (the
+arguments were probably swapped), a zip archive or pickle of something else.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, summarize_exception
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 METADATA_KEYS = ("arch", "epoch", "best_prec1", "best_acc1")
@@ -111,22 +113,28 @@ def _corrupt(path: Path, detail: str) -> CheckpointError:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    """The gist of an exception: its first line, and only the first sentence of a long one."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    line = text.splitlines()[0].strip()
-    if len(line) > 120 and ". " in line:
-        line = line.split(". ")[0]
-    return line.rstrip(".")
-
-
 # torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle stream that
 # starts with a magic number (protocol 2: PROTO 2, LONG1 of 10 bytes).
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a"
 PICKLE_PROTO = 0x80
+
+
+# An ONNX file is a protobuf ModelProto; its first field is ir_version (field 1, varint: tag 0x08).
+ONNX_FIRST_TAG = b"\x08"
+
+
+def _is_onnx_model(path: Path, head: bytes) -> bool:
+    """Whether ``path`` parses as an ONNX model (an IR version, an opset and a graph); never raises."""
+    if not head.startswith(ONNX_FIRST_TAG) and path.suffix.lower() != ".onnx":
+        return False
+    try:
+        import onnx
+
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - whatever fails to parse is not an ONNX model
+        return False
+    return model.ir_version > 0 and len(model.opset_import) > 0 and model.HasField("graph")
 
 
 def _sniff(path: Path) -> str:
@@ -141,6 +149,13 @@ def _sniff(path: Path) -> str:
         return "pickle"
     if head.startswith(b"PK"):
         raise _corrupt(path, "the zip archive's first entry is damaged")
+    if _is_onnx_model(path, head):
+        raise CheckpointError(
+            f"{path} is an ONNX model, not a PyTorch checkpoint; did you swap the arguments?",
+            "Pass the .pth file written by torch.save during training here; the ONNX model goes first in "
+            "`dcd-deploy parity MODEL.onnx CHECKPOINT`, and `dcd-deploy bench` times an ONNX model given by "
+            "a name ending in .onnx.",
+        )
     text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # 64 bytes may end inside a character
     if text and all(c.isprintable() and c != "\ufffd" or c in "\t\r\n" for c in text):
         what = f"it is a text file starting with {text.splitlines()[0][:40]!r}"
@@ -157,7 +172,7 @@ def _unsafe_global(message: str) -> str | None:
 
 def _read_error(path: Path, exc: BaseException, kind: str) -> CheckpointError:
     """Classify an exception raised by torch.load on a file of ``kind`` (see :func:`_sniff`)."""
-    text = _first_line(exc)
+    text = summarize_exception(exc, limit=200)
     full = str(exc)
     if isinstance(exc, PermissionError):
         return CheckpointError(f"Checkpoint file {path} cannot be read (permission denied).",
@@ -178,7 +193,7 @@ def _load_trusted(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False)
     except (AttributeError, ModuleNotFoundError, ImportError) as exc:
         raise CheckpointError(
-            f"{path} holds a pickled object whose class cannot be imported here ({_first_line(exc)}).",
+            f"{path} holds a pickled object whose class cannot be imported here ({summarize_exception(exc, limit=200)}).",
             "Unpickling a whole module needs the code that defined it: run from the project that saved it "
             "(or put it on PYTHONPATH); better, re-save it as torch.save({'state_dict': model.state_dict()}, path).",
         ) from None
@@ -186,9 +201,8 @@ def _load_trusted(path: Path) -> Any:
         raise _read_error(path, exc, _sniff(path)) from None
 
 
-def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
-    """Read ``path`` into a :class:`Checkpoint`, raising :class:`CheckpointError` with a fix."""
-    path = Path(path)
+def _read(path: Path, trust_pickle: bool) -> Any:
+    """What torch.save wrote to ``path``: tensors only unless ``trust_pickle``; CheckpointError otherwise."""
     if not path.exists():
         raise CheckpointError(f"Checkpoint file {path} does not exist.", "Check the path and try again.")
     if path.is_dir():
@@ -202,7 +216,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _unsafe_global(str(exc))
         if refused is None:
@@ -214,10 +228,15 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
                 "If you trust its author, pass --trust-pickle (trust_pickle=True in Python); better, "
                 "re-save it as torch.save({'state_dict': model.state_dict()}, path).",
             ) from None
-        raw = _load_trusted(path)
+        return _load_trusted(path)
     except Exception as exc:  # noqa: BLE001 - torch.load failing on a user's file is a problem with the file
         raise _read_error(path, exc, kind) from None
 
+
+def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
+    """Read ``path`` into a :class:`Checkpoint`, raising :class:`CheckpointError` with a fix."""
+    path = Path(path)
+    raw = _read(path, trust_pickle)
     digest = sha256_of(path)
     if isinstance(raw, nn.Module):
         raw = unwrap_module(raw)

@@ -1,13 +1,16 @@
 """Lowering: recognise dynamic layers structurally and rewrite them into static ONNX-friendly ops.
 
-One module per layer family (``dcd_conv``, ``dcd_head``), each with its algebra in the docstring.
+``family.py`` is the interface every layer family implements; each family is one module of
+``families/`` (registered when this package is imported), with its algebra in the docstring.
+``rewrite.py`` finds, lowers, checks and swaps the layers; ``costmodel.py`` chooses their forms.
 """
 
-from . import dcd_conv, dcd_head  # noqa: F401  (registers the families)
-from .base import FAMILIES, LayerInfo, Mismatch
-from .rewrite import FoundLayer, LayerRewrite, RewriteReport, find_dcd_layers, lower_model, relative_error
+from . import families  # noqa: F401  (registers every family)
+from .family import FAMILIES, DcdLayerInfo, LayerFamily, LayerInfo, LowerOptions, Mismatch, register_family
+from .report import LayerRewrite, RewriteReport
+from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_model, relative_error
 
 __all__ = [
-    "FAMILIES", "FoundLayer", "LayerInfo", "LayerRewrite", "Mismatch", "RewriteReport", "find_dcd_layers",
-    "lower_model", "relative_error",
+    "FAMILIES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",
+    "RewriteReport", "find_dcd_layers", "find_dynamic_layers", "lower_model", "register_family", "relative_error",
 ]

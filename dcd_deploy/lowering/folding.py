@@ -38,6 +38,3 @@ def is_foldable_bn(module: nn.Module, channels: int, dims: int = 2) -> bool:
         and module.running_mean is not None
     )
 
-
-def as_param(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.float().contiguous(), requires_grad=False)

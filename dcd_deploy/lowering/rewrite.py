@@ -2,36 +2,33 @@
 
 The pipeline for one model:
 
-1. walk the module tree; every module that *looks* dynamic is matched structurally by its family
-   (a mismatch is recorded with its reason, never silently passed through);
-2. run the example input once with hooks, to capture each layer's real input (its size decides
+1. walk the module tree; every module that *looks* dynamic to a registered family is matched
+   structurally by it (a mismatch is recorded with its reason, never silently passed through);
+2. run the example input once with hooks, to capture every input of each layer (its size decides
    the exact pooling op and the lowered form);
 3. trace the network with torch.fx, dynamic layers as leaves, to find the BatchNorm that
-   consumes each layer's output and nothing else (that BatchNorm is folded into the layer);
-4. build each replacement, check it numerically against the original layer on the captured
-   input, and only then swap it in.
+   consumes each layer's output and nothing else (folded into the layer by families that do so);
+4. build each replacement with the form the chooser picks, check it numerically against the
+   original layer on the captured inputs, and only then swap it in.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ..errors import InputError
-from .base import FAMILIES, LayerInfo, Mismatch
-from .dcd_conv import ConvLowering, LoweredDcdConv
-from .dcd_head import LoweredDcdHead
+from .costmodel import as_chooser
+from .family import FAMILIES, FormChooser, LayerFamily, LayerInfo, LowerOptions, Mismatch, lowered_types
+from .report import LayerRewrite, RewriteReport
 
 # Per-layer numerical gate before a swap: relative error of the lowered layer (float32) against
 # the original layer (float32) on the captured input.
 LAYER_CHECK_RTOL = 1e-4
-
-LOWERED_TYPES = (LoweredDcdConv, LoweredDcdHead)
 
 
 @dataclasses.dataclass
@@ -43,72 +40,26 @@ class FoundLayer:
 
 
 @dataclasses.dataclass
-class LayerRewrite:
-    path: str
-    family: str
-    kind: str | None
-    lowered: bool
-    reason: str | None = None
-    info: LayerInfo | None = None
-    form: str | None = None
-    folded_bn: str | None = None
-    in_shape: tuple[int, ...] | None = None
-    check_error: float | None = None
+class _Captured:
+    """The positional and keyword arguments of a layer's first call."""
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            "path": self.path, "family": self.family, "kind": self.kind, "lowered": self.lowered,
-            "reason": self.reason, "form": self.form, "folded_bn": self.folded_bn,
-            "in_shape": list(self.in_shape) if self.in_shape else None, "check_error": self.check_error,
-        }
-        if self.info is not None:
-            d.update(c_in=self.info.c_in, c_out=self.info.c_out, kernel=self.info.kernel, stride=self.info.stride,
-                     latent=self.info.latent, pool=self.info.pool)
-        return d
-
-
-@dataclasses.dataclass
-class RewriteReport:
-    """What the rewrite did to each dynamic layer; truthy when every one was lowered."""
-
-    layers: list[LayerRewrite]
-    notes: list[str] = dataclasses.field(default_factory=list)
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
     @property
-    def lowered(self) -> list[LayerRewrite]:
-        return [layer for layer in self.layers if layer.lowered]
-
-    @property
-    def not_lowered(self) -> list[LayerRewrite]:
-        return [layer for layer in self.layers if not layer.lowered]
-
-    def __bool__(self) -> bool:
-        return not self.not_lowered
-
-    def summary(self) -> str:
-        forms: dict[str, int] = {}
-        for layer in self.lowered:
-            forms[layer.form or layer.kind] = forms.get(layer.form or layer.kind, 0) + 1
-        folded = sum(1 for layer in self.lowered if layer.folded_bn)
-        text = f"{len(self.lowered)}/{len(self.layers)} DCD layers lowered"
-        if forms:
-            text += " (" + ", ".join(f"{n} {k}" for k, n in sorted(forms.items())) + f"; {folded} following BatchNorms folded)"
-        for layer in self.not_lowered:
-            text += f"; NOT lowered: {layer.path} ({layer.reason})"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "layers": [layer.to_dict() for layer in self.layers], "notes": self.notes}
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.args[0].shape) if self.args and isinstance(self.args[0], torch.Tensor) else ()
 
 
-def find_dcd_layers(model: nn.Module) -> list[FoundLayer]:
-    """Every module that looks like a dynamic layer, with its structural match or mismatch."""
+def find_dynamic_layers(model: nn.Module) -> list[FoundLayer]:
+    """Every module that looks like a dynamic layer to some family, with its structural match or mismatch."""
     found: list[FoundLayer] = []
     skip: list[str] = []
+    produced = lowered_types()
     for path, module in model.named_modules():
-        if isinstance(module, LOWERED_TYPES) or any(path.startswith(p + ".") for p in skip):
+        if isinstance(module, produced) or any(path.startswith(p + ".") for p in skip):
             continue
-        for family in FAMILIES:
+        for family in FAMILIES.values():
             if family.looks_dynamic(module):
                 found.append(FoundLayer(path, module, family.name, family.match(module)))
                 skip.append(path)
@@ -116,8 +67,7 @@ def find_dcd_layers(model: nn.Module) -> list[FoundLayer]:
     return found
 
 
-def _family(name: str):
-    return next(f for f in FAMILIES if f.name == name)
+find_dcd_layers = find_dynamic_layers  # the name used before families other than DCD existed
 
 
 class _LeafTracer(fx.Tracer):
@@ -126,29 +76,49 @@ class _LeafTracer(fx.Tracer):
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+        # modules some family produced stay whole too (their exported nodes keep their scope names)
+        return id(m) in self.leaves or isinstance(m, lowered_types()) or super().is_leaf_module(m, qualname)
 
 
-def _capture_inputs(model: nn.Module, paths: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
-    captured: dict[str, torch.Tensor] = {}
+def _detached(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+def _capture_inputs(model: nn.Module, paths: list[str], example: torch.Tensor) -> dict[str, _Captured]:
+    captured: dict[str, _Captured] = {}
     modules = dict(model.named_modules())
     handles = []
     for path in paths:
-        def hook(_m, args, path=path):
-            captured.setdefault(path, args[0].detach().clone())
-        handles.append(modules[path].register_forward_pre_hook(hook))
+        def hook(_m, args, kwargs, path=path):
+            if path not in captured:
+                captured[path] = _Captured(tuple(_detached(a) for a in args), {k: _detached(v) for k, v in kwargs.items()})
+        handles.append(modules[path].register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             model(example)
     except RuntimeError as exc:
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
         raise InputError(
-            f"The network does not run on an input of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}.",
+            f"The network does not run on an input of shape {tuple(example.shape)}: {first}.",
             "Choose an --input-size the network accepts (e.g. 224, or the size it was trained at).",
         ) from None
     finally:
         for h in handles:
             h.remove()
     return captured
+
+
+def _trace(model: nn.Module, found: list[FoundLayer], report: RewriteReport) -> fx.GraphModule | None:
+    """The network traced with the dynamic layers as leaves, or None (with a note) when fx cannot trace it."""
+    try:
+        return fx.GraphModule(model, _LeafTracer({id(f.module) for f in found}).trace(model))
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph-level folding
+        first = next(iter(str(exc).strip().splitlines()), "")[:120]
+        report.notes.append(
+            f"torch.fx could not trace the network ({type(exc).__name__}: {first}); "
+            "layers were swapped in place and the BatchNorms after them were left for the exporter"
+        )
+        return None
 
 
 def _following_bn(gm: fx.GraphModule, path: str, c_out: int) -> fx.Node | None:
@@ -161,7 +131,10 @@ def _following_bn(gm: fx.GraphModule, path: str, c_out: int) -> fx.Node | None:
             if user.op != "call_module" or user.args[0] is not node or len(user.args) != 1 or user.kwargs:
                 return None
             bn = gm.get_submodule(user.target)
-            if isinstance(bn, nn.BatchNorm2d) and bn.num_features == c_out and bn.track_running_stats and not bn.training:
+            # a plain BatchNorm2d only: a subclass with its own forward (timm's BatchNormAct2d adds an
+            # activation) is not an affine map
+            plain = isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward
+            if plain and bn.num_features == c_out and bn.track_running_stats and not bn.training:
                 return user
             return None
     return None
@@ -174,11 +147,35 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-FormChooser = Callable[[LayerInfo, tuple[int, ...]], str]
+@dataclasses.dataclass
+class _Settings:
+    choose: FormChooser
+    dynamic_size: bool
+    static_batch: int | None
+    check: bool
 
 
-def factored_everywhere(info: LayerInfo, in_shape: tuple[int, ...]) -> str:
-    return "factored"
+def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Module | None,
+               settings: _Settings) -> tuple[nn.Module | None, LayerRewrite]:
+    """The checked replacement of one matched layer (None when the gate rejects it) and its report line."""
+    info = f.match
+    in_shape = call.in_shape
+    batch = {"static_batch": settings.static_batch} if settings.static_batch else {}  # choosers of older code lack it
+    form = settings.choose(family, info, in_shape, f.module, **batch)
+    in_hw = None if settings.dynamic_size or len(in_shape) < 4 else (in_shape[2], in_shape[3])
+    lowered = family.lower(f.module, info, bn, LowerOptions(form, in_hw, settings.static_batch))
+    err = None
+    if settings.check:
+        with torch.no_grad():
+            ref = f.module(*call.args, **call.kwargs)
+            if bn is not None:
+                ref = bn(ref)
+            err = relative_error(lowered(*call.args, **call.kwargs), ref)
+        if not err <= LAYER_CHECK_RTOL:
+            reason = (f"structure matches but outputs differ from the {family.layer_title} computation (relative error "
+                      f"{err:.2e}); its forward() is not the reference one")
+            return None, LayerRewrite(f.path, f.family, info.kind, False, reason, info, in_shape=in_shape, check_error=err)
+    return lowered, LayerRewrite(f.path, f.family, info.kind, True, None, info, form, None, in_shape, err)
 
 
 def lower_model(
@@ -189,85 +186,52 @@ def lower_model(
     target: str = "cpu",
     check: bool = True,
     progress: bool = False,
+    static_batch: int | None = None,
 ) -> tuple[nn.Module, RewriteReport]:
     """Return a lowered copy of ``model`` (eval mode) and the rewrite report.
 
-    ``choose_form`` picks each DCD convolution's lowered form: a name ('factored', 'merged',
-    'auto' for ``target``'s cost model: 'cpu' or 'cuda') or a callable ``(info, input_shape) -> form``.
-    The original model is left untouched.
+    ``choose_form`` picks each layer's lowered form: a form name (used wherever the layer's
+    family offers it, e.g. 'factored' or 'merged'), 'auto' for ``target``'s cost model ('cpu'
+    or 'cuda'), or a :class:`~dcd_deploy.lowering.family.FormChooser`. ``static_batch`` is set
+    only for a fixed-batch, fixed-size export: families then offer their static-shape forms
+    (the chooser is called with ``static_batch=``), whose graphs run only at that batch. The original model is left untouched.
     """
-    from .costmodel import cost_chooser
-
-    if isinstance(choose_form, str):
-        fixed = choose_form
-        if fixed == "auto":
-            choose_form = cost_chooser(target)
-        else:
-            choose_form = lambda info, shape: fixed if (fixed != "merged" or (info.kernel, info.stride) == (1, 1)) else "factored"
-    model = copy.deepcopy(model).eval()
-    found = find_dcd_layers(model)
-    matched = [f for f in found if isinstance(f.match, LayerInfo)]
-    report = RewriteReport([])
-    captured = _capture_inputs(model, [f.path for f in matched], example_input)
-
-    try:
-        gm: fx.GraphModule | None = fx.GraphModule(model, _LeafTracer({id(f.module) for f in found}).trace(model))
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no graph-level folding
-        gm = None
-        report.notes.append(
-            f"torch.fx could not trace the network ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-            "layers were swapped in place and the BatchNorms after them were left for the exporter"
-        )
-    target = gm if gm is not None else model
-
     from tqdm.auto import tqdm
 
+    settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check)
+    model = copy.deepcopy(model).eval()
+    found = find_dynamic_layers(model)
+    report = RewriteReport([])
+    captured = _capture_inputs(model, [f.path for f in found if isinstance(f.match, LayerInfo)], example_input)
+    gm = _trace(model, found, report)
+    root = gm if gm is not None else model
     for f in tqdm(found, desc="lowering", unit="layer", disable=None if progress else True, leave=False):
+        family = FAMILIES[f.family]
         if isinstance(f.match, Mismatch):
-            report.layers.append(LayerRewrite(f.path, f.family, None, False, f"not a DCD layer as published: {f.match.reason}"))
+            reason = f"not a {family.layer_title} layer as published: {f.match.reason}"
+            report.layers.append(LayerRewrite(f.path, f.family, None, False, reason))
             continue
-        info = f.match
-        x = captured.get(f.path)
-        if x is None:
-            report.layers.append(LayerRewrite(f.path, f.family, info.kind, False, "the layer was never called on the example input", info))
+        if f.path not in captured:
+            report.layers.append(LayerRewrite(f.path, f.family, f.match.kind, False,
+                                              "the layer was never called on the example input", f.match))
             continue
-        bn_node = _following_bn(gm, f.path, info.c_out) if gm is not None and info.family == "dcd_conv" else None
-        bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
-        in_shape = tuple(x.shape)
-        if info.family == "dcd_conv":
-            if getattr(choose_form, "wants_layer", False):
-                form = choose_form(info, in_shape, layer=f.module)
-            else:
-                form = choose_form(info, in_shape)
-            options = ConvLowering(form, None if dynamic_size else (in_shape[2], in_shape[3]))
-        else:
-            form, options = "gemm", None
-        lowered = _family(info.family).lower(f.module, info, bn, options)
-        err = None
-        if check:
-            with torch.no_grad():
-                ref = f.module(x)
-                if bn is not None:
-                    ref = bn(ref)
-                err = relative_error(lowered(x), ref)
-            if not err <= LAYER_CHECK_RTOL:
-                report.layers.append(LayerRewrite(
-                    f.path, f.family, info.kind, False,
-                    f"structure matches but outputs differ from the DCD computation (relative error {err:.2e}); "
-                    "its forward() is not the reference one", info, in_shape=in_shape, check_error=err))
-                continue
-        _swap(target, f.path, lowered)
+        bn_node = _following_bn(gm, f.path, f.match.c_out) if gm is not None and family.folds_following_bn else None
+        lowered, line = _lower_one(f, family, captured[f.path], gm.get_submodule(bn_node.target) if bn_node is not None else None,
+                                   settings)
+        report.layers.append(line)
+        if lowered is None:
+            continue
+        _swap(root, f.path, lowered)
         if bn_node is not None:
+            line.folded_bn = bn_node.target
             bn_node.replace_all_uses_with(bn_node.args[0])
             gm.graph.erase_node(bn_node)
             _swap(gm, bn_node.target, nn.Identity())
-        report.layers.append(LayerRewrite(f.path, f.family, info.kind, True, None, info, form,
-                                          bn_node.target if bn_node is not None else None, in_shape, err))
     if gm is not None:
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
         gm.recompile()
-    return target.eval(), report
+    return root.eval(), report
 
 
 def _swap(root: nn.Module, path: str, new: nn.Module) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import onnxruntime as ort
 
-from ..errors import ProviderUnavailableError
+from ..errors import InputError, ProviderUnavailableError, summarize_exception
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -39,10 +40,39 @@ def short_name(provider: str) -> str:
     return SHORT_NAMES.get(provider, provider)
 
 
-def parse_providers(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+def parse_providers(spec: str | Sequence[str]) -> list[str]:
+    """``'cpu,cuda'`` (aliases or full names) → full ONNX Runtime names, in order, without repeats.
+
+    Raises :class:`InputError` (a usage error) for an empty list or a name ONNX Runtime does not
+    know; whether a known provider is installed here is :func:`check_available`'s question.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [provider_name(p) for p in items if p.strip()]
-    return list(dict.fromkeys(names))
+    names = list(dict.fromkeys(provider_name(p) for p in items if p.strip()))
+    if not names:
+        raise InputError("No execution provider was given.", "Pass e.g. --providers cpu (or cpu,cuda).")
+    known = set(PROVIDER_ALIASES.values()) | set(ort.get_all_providers())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        aliases = ", ".join(a for a in PROVIDER_ALIASES if a != "trt")
+        offered = ", ".join(short_name(p) for p in ort.get_available_providers())
+        raise InputError(
+            f"Unknown execution provider{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}.",
+            f"Valid names: {aliases} (trt = tensorrt), or a full ONNX Runtime name such as CUDAExecutionProvider; "
+            f"installed here: {offered}.")
+    return names
+
+
+def parse_provider_options(items: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``['cuda:use_tf32=0', ...]`` → ``{'CUDAExecutionProvider': {'use_tf32': '0'}}``."""
+    options: dict[str, dict[str, str]] = {}
+    for item in items:
+        prov, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not sep or not eq or not prov.strip() or not key.strip():
+            raise InputError(f"--provider-option {item!r} is not PROVIDER:KEY=VALUE.",
+                             "Write it as e.g. --provider-option cuda:use_tf32=0.")
+        options.setdefault(provider_name(prov), {})[key.strip()] = value.strip()
+    return options
 
 
 def check_available(provider: str) -> None:
@@ -130,11 +160,9 @@ def create_session(model: str | os.PathLike | bytes, provider: str = "cpu", thre
     try:
         session = ort.InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = summarize_exception(exc)
         if name != "CPUExecutionProvider" and ("CUDA" in text or "cuda" in text or "provider" in text.lower()):
             raise ProviderUnavailableError(f"{name} failed to start: {text}.", INSTALL_HINTS.get(name, "")) from None
-        from ..errors import InputError
-
         raise InputError(f"ONNX Runtime cannot load {source if isinstance(source, str) else 'the model'}: {text}.",
                          "Check that the file is an ONNX model written by `dcd-deploy export` and not truncated.") from None
     if name not in session.get_providers():

@@ -15,6 +15,9 @@ rows instead of favouring whichever row was measured first. A runner's ``run()``
 when its result is ready (CUDA rows synchronise inside ``run()``), and each run is timed with
 :func:`time.perf_counter` around that call. PyTorch rows run under ``torch.inference_mode`` with
 ``torch.set_num_threads(threads)``, set once for the whole measurement.
+
+:func:`instability` says when one row's timings cannot be trusted (a long tail, a spread over the
+mean, a drift between the first and the last runs) and names the likely cause.
 """
 
 from __future__ import annotations
@@ -124,6 +127,53 @@ class LatencyStats:
         return d
 
 
+# A row's timings are unstable when its tail is far from its median, its spread exceeds its mean, or
+# its speed drifted during the measurement; the likely cause is read from the run-order series.
+UNSTABLE_TAIL = 3.0  # p99 above this many times p50
+UNSTABLE_SPREAD = 1.0  # std above this many times the mean
+DRIFT = 1.5  # medians of the first and the last third of the runs this far apart: the machine changed speed
+SPIKE = 3.0  # a run this many times the median was interrupted
+FEW_RUNS = 20  # below this count, p99 is one or two runs
+
+
+def _drift(stats: LatencyStats) -> tuple[float, float] | None:
+    """Medians of the first and the last third of the runs (run order), when there are enough runs for both."""
+    third = stats.count // 3
+    if third < 2:
+        return None
+    return percentile(sorted(stats.times_s[:third]), 50), percentile(sorted(stats.times_s[-third:]), 50)
+
+
+def instability(stats: LatencyStats) -> str | None:
+    """Why ``stats`` are not a stable latency, with the likely cause; None when they are stable.
+
+    Unstable: p99 > :data:`UNSTABLE_TAIL` × p50, std > :data:`UNSTABLE_SPREAD` × mean, or the
+    medians of the first and last third of the runs :data:`DRIFT` × apart. Causes, from the run
+    order: a drift (thermal throttling, a clock change), isolated runs over :data:`SPIKE` × the
+    median (another process or the OS took the cores), fewer than :data:`FEW_RUNS` runs.
+    """
+    tail = stats.p99 / stats.p50 if stats.p50 > 0 else math.inf
+    spread = stats.std / stats.mean if stats.mean > 0 else 0.0
+    first, last = _drift(stats) or (stats.p50, stats.p50)
+    drift = max(first, last) / min(first, last) if min(first, last) > 0 else 1.0
+    if tail <= UNSTABLE_TAIL and spread <= UNSTABLE_SPREAD and drift < DRIFT:
+        return None
+    causes = []
+    if drift >= DRIFT:
+        causes.append(f"the runs {'slowed down' if last > first else 'sped up'} during the measurement (median "
+                      f"{first * 1e3:.3g} ms in the first third, {last * 1e3:.3g} ms in the last): thermal "
+                      "throttling or a clock-speed change; let the machine settle or fix its clock")
+    spikes = sum(t > SPIKE * stats.p50 for t in stats.times_s)
+    if spikes:
+        causes.append(f"{spikes} run(s) took over {SPIKE:g}× the median: another process or the OS interrupted "
+                      "them; measure on an idle machine or with fewer --threads")
+    if stats.count < FEW_RUNS:
+        causes.append(f"only {stats.count} timed run(s), so one slow run sets the tail; use --runs 100 or more")
+    if not causes:
+        causes.append("the machine was not quiet (another process, thermal throttling) or the runs were too few")
+    return f"p99 {tail:.1f}× p50, std {spread:.1f}× mean over {stats.count} run(s): " + "; ".join(causes)
+
+
 class RowUnavailable(Exception):
     """Raised by a row runner that cannot be measured here; ``reason`` says why, for the report."""
 
@@ -183,6 +233,52 @@ def _rotated(items: list[int], start: int) -> list[int]:
     return items[k:] + items[:k]
 
 
+class _Interleaved:
+    """The runners of one measurement, the ones still active, and what was measured for each."""
+
+    def __init__(self, runners: Sequence[RowRunner]):
+        self.runners = runners
+        self.results = [RowMeasurement(r.label, r.batch) for r in runners]
+        self.active: list[int] = []
+
+    def drop(self, i: int, reason: str) -> None:
+        if i in self.active:
+            self.active.remove(i)
+        self.results[i].skipped = reason
+        with contextlib.suppress(Exception):
+            self.runners[i].close()
+
+    def set_up(self, report: Progress) -> None:
+        """Set up and cold-run each runner in turn (both timed)."""
+        perf, n = time.perf_counter, len(self.runners)
+        for i, runner in enumerate(self.runners):
+            report("setting up", i, n, runner.label)
+            try:
+                t0 = perf()
+                runner.setup()
+                self.results[i].setup_s = perf() - t0
+                t0 = perf()
+                runner.run()
+                self.results[i].cold_s = perf() - t0
+                self.active.append(i)
+            except RowUnavailable as exc:
+                self.drop(i, exc.reason)
+        report("setting up", n, n, "")
+
+    def run_round(self, start: int, stage: str, times: dict[int, list[float]] | None = None) -> None:
+        """Run every active runner once, starting at the ``start``-th; record the times when given ``times``."""
+        for i in _rotated(list(self.active), start):
+            try:
+                t0 = time.perf_counter()
+                self.runners[i].run()
+                elapsed = time.perf_counter() - t0
+            except RowUnavailable as exc:
+                self.drop(i, f"failed while {stage}: {exc.reason}")
+                continue
+            if times is not None:
+                times[i].append(elapsed)
+
+
 def measure_interleaved(
     runners: Sequence[RowRunner],
     warmup: int = 10,
@@ -204,63 +300,27 @@ def measure_interleaved(
     if duration is not None and duration <= 0:
         raise ValueError(f"duration={duration} must be positive")
     report = progress or (lambda stage, done, total, detail: None)
-    results = [RowMeasurement(r.label, r.batch) for r in runners]
-    n = len(runners)
-    perf = time.perf_counter
-
-    def drop(i: int, reason: str) -> None:
-        results[i].skipped = reason
-        with contextlib.suppress(Exception):
-            runners[i].close()
-
+    state = _Interleaved(runners)
     with torch_threads(threads):
-        active: list[int] = []
-        for i, runner in enumerate(runners):
-            report("setting up", i, n, runner.label)
-            try:
-                t0 = perf()
-                runner.setup()
-                results[i].setup_s = perf() - t0
-                t0 = perf()
-                runner.run()
-                results[i].cold_s = perf() - t0
-                active.append(i)
-            except RowUnavailable as exc:
-                drop(i, exc.reason)
-        report("setting up", n, n, "")
-
+        state.set_up(report)
         for w in range(warmup):
             report("warming up", w, warmup, "")
-            for i in _rotated(list(active), w):
-                try:
-                    runners[i].run()
-                except RowUnavailable as exc:
-                    active.remove(i)
-                    drop(i, f"failed while warming up: {exc.reason}")
+            state.run_round(w, "warming up")
         if warmup:
             report("warming up", warmup, warmup, "")
 
-        times: dict[int, list[float]] = {i: [] for i in active}
-        start = perf()
-        rounds = 0
+        times: dict[int, list[float]] = {i: [] for i in state.active}
+        start, rounds = time.perf_counter(), 0
         total = float(runs) if runs is not None else float(duration)  # type: ignore[arg-type]
-        while active:
-            if runs is not None and rounds >= runs:
-                break
-            elapsed = perf() - start
-            if duration is not None and rounds >= MIN_ROUNDS and elapsed >= duration:
+        while state.active:
+            elapsed = time.perf_counter() - start
+            if (runs is not None and rounds >= runs) or (
+                    duration is not None and rounds >= MIN_ROUNDS and elapsed >= duration):
                 break
             report("measuring", rounds if runs is not None else min(elapsed, total), total, "")
-            for i in _rotated(list(active), rounds):
-                try:
-                    t0 = perf()
-                    runners[i].run()
-                    times[i].append(perf() - t0)
-                except RowUnavailable as exc:
-                    active.remove(i)
-                    drop(i, f"failed while measuring: {exc.reason}")
+            state.run_round(rounds, "measuring", times)
             rounds += 1
         report("measuring", total, total, "")
-        for i in active:
-            results[i].stats = LatencyStats(tuple(times[i]), runners[i].batch)
-    return results
+        for i in state.active:
+            state.results[i].stats = LatencyStats(tuple(times[i]), runners[i].batch)
+    return state.results

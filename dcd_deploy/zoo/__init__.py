@@ -1,10 +1,35 @@
-"""The DCD architecture zoo: networks registered by name, built with :func:`create_model`."""
+"""The DCD architecture zoo: networks registered by name, built with :func:`create_model`.
 
-from . import mobilenetv2, resnet  # noqa: F401  (registers the architectures)
-from .layers import DYCls, DYModule, Hsigmoid, SEModule_small, conv_basic_dy, conv_dy
-from .registry import ArchSpec, create_model, get_arch, list_archs, register_arch
+One module per architecture family (``resnet``, ``mobilenetv2``) declares its architectures,
+registers their factories and the probe that reads their options from a checkpoint; ``catalog``
+lists them without importing torch, ``registry`` builds them. Names are imported lazily, so
+``list_archs`` needs no torch.
+"""
 
-__all__ = [
-    "ArchSpec", "DYCls", "DYModule", "Hsigmoid", "SEModule_small", "conv_basic_dy", "conv_dy",
-    "create_model", "get_arch", "list_archs", "register_arch",
-]
+from __future__ import annotations
+
+from ..lazy import lazy_attributes
+
+# public name -> submodule that defines it
+_LAZY = {
+    "ArchEntry": "catalog",
+    "get_entry": "catalog",
+    "list_archs": "catalog",
+    "ArchSpec": "registry",
+    "Inference": "registry",
+    "create_model": "registry",
+    "get_arch": "registry",
+    "register_arch": "registry",
+    "register_probe": "registry",
+    "DYCls": "layers",
+    "DYModule": "layers",
+    "Hsigmoid": "layers",
+    "SEModule_small": "layers",
+    "conv_basic_dy": "layers",
+    "conv_dy": "layers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

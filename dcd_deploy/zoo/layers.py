@@ -1,7 +1,7 @@
 """The DCD layers as the reference implementation defines them.
 
-Attribute names, parameter shapes and the forward computation follow the reference code
-described in ``shared/docs/dcd-architecture.md`` exactly, so that reference checkpoints load
+Attribute names, parameter shapes and the forward computation follow the published reference
+implementation of Dynamic Convolution Decomposition exactly, so that reference checkpoints load
 with ``strict=True`` and produce the same outputs. These modules are the *original* models that
 dcd-deploy converts; nothing here is optimised for deployment.
 

@@ -4,15 +4,31 @@ Names follow the reference implementation. One deliberate difference: the refere
 ``AvgPool2d(7, stride=1)``, which is only right when the last feature map is 7×7 (224×224
 input). We use a global average pool (``AdaptiveAvgPool2d(1)``): identical at 224×224, it has
 no parameters (checkpoints load unchanged) and lets other input sizes work.
+
+The depth and block type are read back from a checkpoint by counting the blocks of each stage
+(:func:`infer_resnet`).
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-from .layers import DYCls, conv_basic_dy, conv_dy
-from .registry import register_arch
+from ..errors import ArchitectureError
+from .head import classifier_options, dcd_classifier
+from .layers import conv_basic_dy, conv_dy
+from .registry import Inference, StateDict, register_arch, register_probe
+
+# Read without running this module (see catalog): keep it a literal.
+ARCHITECTURES = {
+    "resnet18_dcd": {"family": "resnet", "defaults": {"num_classes": 1000, "dropout": 0.1}},
+    "resnet34_dcd": {"family": "resnet", "defaults": {"num_classes": 1000, "dropout": 0.1}},
+    "resnet50_dcd": {"family": "resnet", "defaults": {"num_classes": 1000, "dropout": 0.1}},
+    "resnet101_dcd": {"family": "resnet", "defaults": {"num_classes": 1000, "dropout": 0.1}},
+    "resnet152_dcd": {"family": "resnet", "defaults": {"num_classes": 1000, "dropout": 0.1}},
+}
 
 
 class BasicBlock(nn.Module):
@@ -59,7 +75,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNetDCD(nn.Module):
-    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int = 1000, dropout: float = 0.1):
+    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int, dropout: float):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -71,8 +87,7 @@ class ResNetDCD(nn.Module):
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        head = DYCls(512 * block.expansion, num_classes)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), head) if dropout > 0 else nn.Sequential(head)
+        self.classifier = dcd_classifier(512 * block.expansion, num_classes, dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -111,12 +126,32 @@ RESNET_DEPTHS = {
 def _register(name: str) -> None:
     block, layers = RESNET_DEPTHS[name]
 
-    def factory(num_classes: int = 1000, dropout: float = 0.1) -> nn.Module:
+    def factory(num_classes: int, dropout: float) -> nn.Module:
         return ResNetDCD(block, layers, num_classes=num_classes, dropout=dropout)
 
-    factory.__name__ = name
-    register_arch(name, family="resnet")(factory)
+    factory.__name__ = factory.__qualname__ = name
+    register_arch(name)(factory)
 
 
 for _name in RESNET_DEPTHS:
     _register(_name)
+
+
+@register_probe("layer1.0.conv1.conv.weight")
+def infer_resnet(sd: StateDict) -> Inference:
+    """Block type (``layer1.0.conv3`` exists: Bottleneck) and blocks per stage give the depth."""
+    bottleneck = "layer1.0.conv3.conv.weight" in sd
+    counts = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        counts.append(max(idx) + 1 if idx else 0)
+    kind = "Bottleneck" if bottleneck else "BasicBlock"
+    for name, (block, layers) in RESNET_DEPTHS.items():
+        if (block is Bottleneck) == bottleneck and layers == counts:
+            notes = [f"{kind} blocks per stage {counts}"]
+            dropout = ARCHITECTURES[name]["defaults"]["dropout"]
+            return Inference(name, classifier_options(sd, dropout, notes), notes)
+    raise ArchitectureError(
+        f"The checkpoint is a ResNet-DCD with {kind} blocks {counts} per stage, which is no registered architecture.",
+        "Build the network yourself with --model package.module:factory.",
+    )

@@ -5,17 +5,20 @@ from __future__ import annotations
 import html.parser
 import json
 import math
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from dcd_deploy.bench.run import ROWS, BenchResult, BenchRow, Prepared, naive_export
+from dcd_deploy.bench.naive import naive_export
 from dcd_deploy.bench.report import render_table, to_html, to_json, to_markdown
-from dcd_deploy.runtime.timing import LatencyStats
-from dcd_deploy.load.model import load_model
+from dcd_deploy.bench.results import ROWS, BenchResult, BenchRow, Prepared
+from dcd_deploy.bench.run import findings
 from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.load.model import load_model
+from dcd_deploy.runtime.timing import LatencyStats
 
 SIZE = 48  # conftest's small_checkpoint: the sample models' mobilenetv2_dcd w0.35 at 48×48
 CUDA_HERE = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -40,6 +43,11 @@ def bench_cli(run_cli):
         return result
 
     return invoke
+
+
+def _flat(text: str) -> str:
+    """Lines joined: messages are wrapped at a width, and paths vary in length."""
+    return " ".join(text.split())
 
 
 class _HtmlChecker(html.parser.HTMLParser):
@@ -149,29 +157,31 @@ def test_loading_options_do_not_apply_to_an_onnx_file(onnx_file, bench_cli, expe
 def test_unavailable_provider_with_a_checkpoint_makes_nothing_and_says_so(small_checkpoint, bench_cli):
     result = bench_cli(small_checkpoint, "--input-size", SIZE, "--providers", "cuda", *SHORT)
     assert result.exit_code == 3
-    assert result.output.count("skipped [") == 5  # every row, each with its reason below the table
-    assert "PyTorch" in result.output and "CUDAExecutionProvider" in result.output
-    assert "not made" in result.output  # no export was spent on rows that cannot run
-    assert "error: Nothing could be measured" in result.output
+    out = _flat(result.output)
+    assert out.count("skipped [") == len(ROWS) + 1  # every row (and the single batch's batch-specific row), each with its reason
+    assert "PyTorch" in out and "CUDAExecutionProvider" in out
+    assert "not made" in out  # no export was spent on rows that cannot run
+    assert "error: Nothing could be measured" in out
 
 
 @pytest.mark.skipif(CUDA_HERE, reason="CUDA is available here")
 def test_unavailable_provider_is_reported_not_crashed_on(onnx_file, bench_cli):
     both = bench_cli(onnx_file, "--providers", "cpu,cuda", *SHORT)
     assert both.exit_code == 0, both.output
-    assert "skipped [1]" in both.output and "CUDAExecutionProvider" in both.output
+    assert "skipped [1]" in both.output and "CUDAExecutionProvider" in _flat(both.output)
 
     only = bench_cli(onnx_file, "--providers", "cuda", *SHORT)
     assert only.exit_code == 3
-    assert "error: Nothing could be measured" in only.output and "--providers cpu" in only.output
+    assert "error: Nothing could be measured" in _flat(only.output) and "--providers cpu" in _flat(only.output)
 
 
 def test_rows_that_cannot_run_say_why(onnx_file, bench_cli):
     # the file was exported for 48×48; 40×40 does not fit its static spatial size
     result = bench_cli(onnx_file, "--input-size", "40", *SHORT)
     assert result.exit_code == 2
-    assert "failed [1]" in result.output and "does not fit" in result.output
-    assert "error: Nothing could be measured: every row failed" in result.output
+    out = _flat(result.output)
+    assert "failed [1]" in out and "does not fit" in out
+    assert "error: Nothing could be measured: every row failed" in out
 
 
 def test_runs_and_duration_are_exclusive(onnx_file, bench_cli, expect_user_error):
@@ -246,5 +256,95 @@ def test_reports_render_the_same_facts():
 
 def test_unwritable_report_fails_before_measuring(onnx_file, bench_cli, expect_user_error, tmp_path):
     result = bench_cli(onnx_file, *SHORT, "--html", tmp_path / "missing" / "r.html")
-    expect_user_error(result, "Cannot write the html report", "does not exist")
+    expect_user_error(result, "--html", "does not exist")
     assert "img/s" not in result.output  # nothing was measured first
+
+
+def test_without_a_terminal_each_stage_and_row_is_one_line_on_stderr(onnx_file, bench_cli):
+    result = bench_cli(onnx_file, "--batch", "1,2", "--runs", "3", "--warmup", "1", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("[") and "s] " in line for line in lines), lines
+    text = "\n".join(lines)
+    assert "setting up 0/2: cpu b1 dcd-deploy" in text and "setting up 1/2: cpu b2 dcd-deploy" in text
+    for stage in ("setting up", "warming up", "measuring"):
+        assert f"{stage} done in" in text
+    assert "img/s" not in result.stderr and "img/s" in result.stdout  # the table stays on stdout
+
+
+def _unstable_result() -> BenchResult:
+    result = _synthetic_result()
+    times = [1.0] * 100
+    times[10] = times[60] = 9.0  # two interrupted runs
+    spiky = BenchRow("dcd-deploy", "cpu", 1, setup_s=0.01, cold_s=0.02, stats=LatencyStats(tuple(t / 1e3 for t in times)))
+    result.rows = [r for r in result.rows if r.row != "dcd-deploy"] + [spiky]
+    result.notes = findings(result.rows)
+    return result
+
+
+def test_unstable_timings_are_a_note_with_their_likely_cause():
+    result = _unstable_result()
+    steady = [r for r in result.rows if r.measured and r.row != "dcd-deploy"]
+    assert steady and all(r.unstable is None for r in steady)
+    (note,) = result.notes
+    assert note.startswith("cpu batch 1 dcd-deploy: timings unstable: p99 ")
+    assert "another process" in note
+    assert "another process" in _flat(render_table(result))
+    assert "timings unstable" in to_markdown(result) and "timings unstable" in to_html(result)
+    data = json.loads(to_json(result))
+    assert data["notes"] == [note]
+    rows = {r["row"]: r for r in data["rows"]}
+    assert "another process" in rows["dcd-deploy"]["unstable"] and rows["static"]["unstable"] is None
+
+
+def test_reports_are_written_whole_with_the_umask_mode(tmp_path):
+    import os
+
+    from dcd_deploy.bench.report import write_reports
+
+    result = _synthetic_result()
+    old = os.umask(0o022)
+    try:
+        (path,) = write_reports(result, json=tmp_path / "r.json")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert json.loads(path.read_text())["model"] == "toy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file left behind
+
+
+CALIBRATION = Path(__file__).resolve().parents[2] / "sample_models" / "digits_calibration.npz"
+
+
+def test_calibration_adds_the_int8_rows_with_their_check(small_checkpoint, bench_cli, tmp_path):
+    from dcd_deploy.bench.results import INT8_ROWS
+    from dcd_deploy.exporting.quantize import INT8_TOLERANCE
+
+    out = tmp_path / "bench.json"
+    result = bench_cli(small_checkpoint, "--input-size", SIZE, "--batch", "1,2", "--naive-exporter", "torchscript",
+                       "--calibration", CALIBRATION, "--int8", "--json", out, "--markdown", tmp_path / "b.md", *SHORT)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    rows = {(r["batch"], r["row"]): r for r in data["rows"]}
+    assert {row for _, row in rows} == set(ROWS) | set(INT8_ROWS)
+    for b in (1, 2):
+        for name in INT8_ROWS:
+            row = rows[b, name]
+            assert row["status"] == "measured" and row["max_rel_err"] is None, row
+            check = row["int8"]
+            assert check["samples"] == 32 and check["tolerance"] == INT8_TOLERANCE
+            assert 0 <= check["agreement"] <= 1 and -1 <= check["cosine_min"] <= check["cosine_mean"] <= 1 + 1e-9
+            assert row["vs_static"] == pytest.approx(row["stats"]["p50_ms"] / rows[b, "static"]["stats"]["p50_ms"])
+        assert rows[b, "dcd-deploy"]["int8"] is None and rows[b, "dcd-deploy"]["max_rel_err"] < 1e-4
+    prepared = {p["row"]: p for p in data["preparation"]}
+    assert prepared["int8"]["int8"] == rows[1, "int8"]["int8"]
+    assert "int8" in data["row_descriptions"] and "int8-static" in data["row_descriptions"]
+    agree = f"agree {rows[1, 'int8']['int8']['agreement']:.1%}"
+    assert agree in _flat(result.output) and agree in (tmp_path / "b.md").read_text()
+
+
+def test_int8_rows_need_calibration_and_a_checkpoint(small_checkpoint, onnx_file, bench_cli, expect_user_error):
+    expect_user_error(bench_cli(small_checkpoint, "--input-size", SIZE, "--int8", *SHORT), "--int8 needs calibration data")
+    expect_user_error(bench_cli(onnx_file, "--calibration", CALIBRATION, *SHORT), "--calibration applies to checkpoints")
+    expect_user_error(bench_cli(small_checkpoint, "--input-size", 32, "--calibration", CALIBRATION, *SHORT),
+                      "height 48 instead of 32")

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dcd_deploy.errors import InputError
 from dcd_deploy.compare.inputs import IMAGENET_MEAN, IMAGENET_STD, batches, input_spec, load_inputs, parse_size
+from dcd_deploy.errors import InputError
 
 
 def graph(shape, elem=TensorProto.FLOAT, size: str | None = None, extra_input: bool = False) -> onnx.ModelProto:
@@ -86,6 +86,20 @@ def test_npy_shape_and_type_errors_say_what_to_do(tmp_path, array, fragment):
         load_inputs(tmp_path / "bad.npy", STATIC)
     assert fragment in info.value.message and "bad.npy" in info.value.message
     assert info.value.fix
+
+
+def test_a_3d_array_is_one_sample_and_errors_quote_the_shape_in_the_file(tmp_path):
+    np.savez(tmp_path / "grey.npz", input=np.zeros((5, 8, 6), np.float32))  # N×H×W without the channel axis
+    with pytest.raises(InputError) as info:
+        load_inputs(tmp_path / "grey.npz", STATIC)
+    message = info.value.message
+    assert "(5, 8, 6)" in message and "one C×H×W sample" in message and "channels 5 instead of 3" in message
+    assert "(1, 5, 8, 6)" not in message
+    np.save(tmp_path / "hwc.npy", np.zeros((8, 6, 3), np.float32))
+    with pytest.raises(InputError) as info:
+        load_inputs(tmp_path / "hwc.npy", STATIC)
+    assert "(8, 6, 3)" in info.value.message and "channels last" in info.value.message
+    assert "(2, 0, 1)" in info.value.fix
 
 
 def test_npz_inputs(tmp_path):

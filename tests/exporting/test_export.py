@@ -1,4 +1,8 @@
-"""Export: graph properties, ONNX Runtime parity, dynamic shapes, fp16, failure handling, CLI."""
+"""Export: graph properties, ONNX Runtime parity, dynamic shapes, fp16, failure handling, CLI.
+
+Messages are matched after joining their lines: error paragraphs are wrapped at the terminal's
+width, and temporary paths vary in length.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,22 @@ import torch
 from click.testing import CliRunner
 from dcd_deploy_cli.main import cli
 
-from dcd_deploy.exporting import pipeline as export_module
-from dcd_deploy.errors import LoweringError
+from dcd_deploy.errors import LoweringError, SelfCheckFailed
 from dcd_deploy.exporting.graphcheck import conv_weights_are_constant
+from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.exporting.result import SELF_CHECK_RTOL
 from dcd_deploy.load.model import load_model
 from dcd_deploy.lowering import relative_error
-from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
+from dcd_deploy.zoo.layers import conv_basic_dy
 
 SIZE = 48
+
+
+def joined(text: str) -> str:
+    """``text`` as one line: wrapped paragraphs and long paths compare the same however they were wrapped."""
+    return " ".join(text.split())
 
 
 def small(arch: str, size: int = SIZE, **options) -> torch.nn.Module:
@@ -88,7 +98,7 @@ def test_graph_properties(mbv2_onnx, mbv2_checkpoint):
     assert meta["dcd_deploy.arch"] == "mobilenetv2_dcd"
     assert json.loads(meta["dcd_deploy.arch_options"])["width_mult"] == 0.25
     assert meta["dcd_deploy.checkpoint_sha256"] == hashlib.sha256(mbv2_checkpoint.read_bytes()).hexdigest()
-    assert meta["dcd_deploy.version"] and "33/33 DCD layers lowered" in json.loads(meta["dcd_deploy.rewrite"])["summary"]
+    assert meta["dcd_deploy.version"] and "33/33 dynamic layers lowered" in json.loads(meta["dcd_deploy.rewrite"])["summary"]
     assert result.node_count == len(graph.graph.node)
 
 
@@ -121,23 +131,39 @@ def test_fp16_export_runs_on_cpu_within_fp16_tolerance(tmp_path, mbv2):
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     x = torch.randn(3, 3, SIZE, SIZE)
-    assert ort_error(result.path, mbv2, x) <= export_module.SELF_CHECK_RTOL["float16"]
+    assert ort_error(result.path, mbv2, x) <= SELF_CHECK_RTOL["float16"]
 
 
 def test_failed_self_check_removes_the_file_or_keeps_it_when_asked(tmp_path, mbv2, monkeypatch):
-    monkeypatch.setitem(export_module.SELF_CHECK_RTOL, "float32", 0.0)
+    monkeypatch.setitem(SELF_CHECK_RTOL, "float32", 0.0)
     target = tmp_path / "fail.onnx"
-    with pytest.raises(export_module.SelfCheckFailed, match="No file was written"):
+    with pytest.raises(SelfCheckFailed, match="No file was written"):
         export(mbv2, target, input_size=SIZE)
     assert not target.exists() and not list(tmp_path.iterdir())
-    with pytest.raises(export_module.SelfCheckFailed, match="--keep-failed"):
+    with pytest.raises(SelfCheckFailed, match="--keep-failed"):
         export(mbv2, target, input_size=SIZE, keep_failed=True)
     assert target.exists()
 
 
-def test_unlowered_layer_refuses_export_and_names_it(tmp_path):
-    from test_lowering import NoBn2
+class NoBn2(conv_basic_dy):
+    """A user's variant: the dynamic fusion without its BatchNorm1d (not the published layer)."""
 
+    def __init__(self, inplanes: int, planes: int):
+        super().__init__(inplanes, planes, 1)
+        del self.bn2
+
+    def forward(self, x):
+        b = x.size(0)
+        y = self.fc(self.avg_pool(x).view(b, -1))
+        phi = self.fc_phi(y).view(b, self.dim, self.dim)
+        r = self.hs(self.fc_scale(y)).view(b, -1, 1, 1) * self.conv(x)
+        z = self.bn1(self.q(x))
+        h, w = z.shape[2:]
+        z = torch.matmul(phi, z.view(b, self.dim, -1)) + z.view(b, self.dim, -1)
+        return self.p(z.view(b, -1, h, w)) + r
+
+
+def test_unlowered_layer_refuses_export_and_names_it(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), NoBn2(8, 8)).eval()
     with pytest.raises(LoweringError, match=r"1: not a DCD layer as published: has .* but no bn2"):
         export(net, tmp_path / "x.onnx", input_size=8)
@@ -160,19 +186,20 @@ def test_cli_export_prints_rewrite_and_self_check(tmp_path, mbv2_checkpoint):
     res = CliRunner().invoke(cli, ["export", str(mbv2_checkpoint), "-o", str(out), "--input-size", str(SIZE),
                                    "--report", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert "33/33 DCD layers lowered" in res.output and "PASS" in res.output and out.exists()
+    assert "33/33 dynamic layers lowered" in res.output and "PASS" in res.output and out.exists()
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["rewrite"]["layers"]) == 33 and report["ops"]["Conv"] > 0
+    assert report["self_check"]["passed"] and report["path"] == str(out) and report["timings_s"]["total_s"] > 0
 
 
 def test_cli_export_bad_input_is_one_clear_message(tmp_path, mbv2_checkpoint):
     runner = CliRunner()
     res = runner.invoke(cli, ["export", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "a.onnx")])
-    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "does not exist" in joined(res.output) and "Traceback" not in res.output
     res = runner.invoke(cli, ["export", str(mbv2_checkpoint), "-o", str(tmp_path / "a.onnx"), "--input-size", "big"])
-    assert res.exit_code == 2 and "--input-size" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "--input-size" in joined(res.output) and "Traceback" not in res.output
     res = runner.invoke(cli, ["export", str(mbv2_checkpoint), "-o", str(tmp_path / "a.onnx"), "--arch", "resnet18_dcd"])
-    assert res.exit_code == 2 and "does not match resnet18_dcd" in res.output
+    assert res.exit_code == 2 and "does not match resnet18_dcd" in joined(res.output)
     assert not (tmp_path / "a.onnx").exists()
 
 
@@ -181,5 +208,5 @@ def test_package_level_export_works_on_any_module_and_returns_the_report(tmp_pat
 
     wrapped = torch.nn.Sequential(torch.nn.Identity(), mbv2)  # a user's network containing DCD layers
     result = dcd_deploy.export(wrapped, tmp_path / "wrapped.onnx", input_size=SIZE)
-    assert result and "33/33 DCD layers lowered" in result.summary()
+    assert result and "33/33 dynamic layers lowered" in result.summary()
     assert result.layers[0].path == "1.features.2.conv.0"

@@ -12,13 +12,18 @@ import torch
 from conftest import SMALL_INPUT, assert_user_error
 
 from dcd_deploy.bench.run import REDUCED_PRECISION_RTOL, bench
-from dcd_deploy.lowering import find_dcd_layers, lower_model
-from dcd_deploy.lowering.costmodel import choose_form_by_cost, cost_chooser, form_costs
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.tuning import tuned_form_chooser
+from dcd_deploy.lowering import FAMILIES, find_dcd_layers, lower_model
+from dcd_deploy.lowering.costmodel import CostChooser
+from dcd_deploy.lowering.families.dcd_conv import cost_chooser, form_costs
 from dcd_deploy.zoo import create_model
 
 HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def choose_form_by_cost(info, in_shape, target="cpu"):
+    return CostChooser(target)(FAMILIES[info.family], info, in_shape, None)
 
 
 def _layers(model):

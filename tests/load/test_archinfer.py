@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
+from dcd_deploy.errors import ArchitectureError, CheckpointError
 from dcd_deploy.load.archinfer import expected_shapes, infer_architecture, shape_mismatch
 from dcd_deploy.load.checkpoint import load_checkpoint
-from dcd_deploy.errors import ArchitectureError, CheckpointError
 from dcd_deploy.zoo import get_arch
 
 

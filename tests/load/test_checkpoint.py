@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
-from dcd_deploy.load.checkpoint import clean_state_dict, load_checkpoint
 from dcd_deploy.errors import CheckpointError
+from dcd_deploy.load.checkpoint import clean_state_dict, load_checkpoint
 
 FORMATS = {
     "reference": "reference training checkpoint",
@@ -172,3 +172,56 @@ def test_bad_files_raise_a_checkpoint_error_with_a_fix(kind, tmp_path):
 def test_bad_files_fail_the_cli_with_one_paragraph(kind, tmp_path, run_cli, expect_user_error):
     path, fragment = _bad_file(kind, tmp_path)
     expect_user_error(run_cli("inspect", path), fragment)
+
+
+# --- an ONNX model where the checkpoint belongs ----------------------------------------------------
+
+def _tiny_onnx(path):
+    """A valid ONNX classifier (global average pool of a 1×3×32×32 input) saved at ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+ONNX_GIVEN = ("is an ONNX model, not a PyTorch checkpoint; did you swap the arguments?",
+              "`dcd-deploy parity MODEL.onnx CHECKPOINT`")
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.pth"])  # recognised by content, whatever the name
+def test_onnx_model_given_as_checkpoint_is_named_for_what_it_is(name, tmp_path):
+    path = _tiny_onnx(tmp_path / name)
+    for trust in (False, True):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path, trust_pickle=trust)
+        assert str(path) in err.value.problem and ONNX_GIVEN[0] in err.value.problem
+        assert ONNX_GIVEN[1] in err.value.fix and err.value.exit_code == 2
+
+
+def test_a_file_named_onnx_that_is_not_one_keeps_its_own_message(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("name,score\nalice,3\n")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "text file starting with 'name,score'" in err.value.problem and "ONNX" not in err.value.message
+
+
+@pytest.mark.parametrize("command", ["inspect", "export", "parity", "bench"])
+def test_every_command_names_an_onnx_file_given_as_the_checkpoint(command, tmp_path, run_cli, expect_user_error):
+    onnx_model = _tiny_onnx(tmp_path / "model.onnx")
+    as_checkpoint = _tiny_onnx(tmp_path / "model.pth")  # bench reads names ending in .onnx as ONNX models
+    output = tmp_path / "out.onnx"
+    args = {
+        "inspect": ["inspect", as_checkpoint],
+        "export": ["export", onnx_model, "-o", output, "-q"],
+        "parity": ["parity", onnx_model, as_checkpoint, "--samples", 2],
+        "bench": ["bench", as_checkpoint, "--runs", 2],
+    }[command]
+    flat = expect_user_error(run_cli(*args), *ONNX_GIVEN)
+    assert len(flat) < 600  # one paragraph
+    assert not output.exists()

@@ -81,7 +81,7 @@ def test_unrecognised_layer_is_named_not_guessed():
 
 
 def test_network_without_dcd_layers_has_no_twin():
-    with pytest.raises(LoweringError, match="no DCD layers"):
+    with pytest.raises(LoweringError, match="no dynamic layers"):
         static_twin(nn.Sequential(nn.Conv2d(3, 4, 3)))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3))
     assert isinstance(static_twin(plain, strict=False)[0], nn.Conv2d)

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from dcd_deploy.runtime.timing import MIN_ROUNDS, LatencyStats, RowUnavailable, measure_interleaved, percentile
+from dcd_deploy.runtime.timing import (
+    MIN_ROUNDS,
+    UNSTABLE_TAIL,
+    LatencyStats,
+    RowUnavailable,
+    instability,
+    measure_interleaved,
+    percentile,
+)
 
 # 1..10 ms, deliberately not in sorted order.
 TIMES_MS = [7, 3, 10, 1, 5, 9, 2, 8, 4, 6]
@@ -145,3 +153,48 @@ def test_runs_and_duration_are_exclusive():
         measure_interleaved([FakeRunner("A", [])], runs=3, duration=1.0)
     with pytest.raises(ValueError):
         measure_interleaved([FakeRunner("A", [])], runs=None, duration=None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stability of a row's timings (synthetic series, run order as measured)
+
+
+def _ms(values) -> LatencyStats:
+    return LatencyStats(tuple(v / 1e3 for v in values))
+
+
+def test_steady_timings_are_stable():
+    rng = np.random.default_rng(0)
+    assert instability(_ms(2.0 + 0.1 * rng.standard_normal(100))) is None
+    assert instability(_ms([2.0] * 5)) is None  # few runs alone are no instability
+
+
+def test_isolated_slow_runs_point_at_another_process():
+    times = [1.0] * 100
+    times[40] = times[70] = 10.0  # two interrupted runs: p99 lands on them
+    reason = instability(_ms(times))
+    assert reason is not None and reason.startswith("p99 ")
+    assert "2 run(s) took over 3× the median" in reason and "another process" in reason
+    assert "thermal" not in reason and "only" not in reason
+
+
+def test_a_drift_over_the_run_points_at_thermal_throttling():
+    times = [1.0] * 30 + [2.0] * 30  # tail and spread are modest; the speed halved half-way
+    stats = _ms(times)
+    assert stats.p99 <= UNSTABLE_TAIL * stats.p50 and stats.std <= stats.mean
+    reason = instability(stats)
+    assert reason is not None and "slowed down" in reason and "thermal" in reason
+    assert "1 ms in the first third, 2 ms in the last" in reason
+    assert "sped up" in instability(_ms(times[::-1]))
+
+
+def test_spread_over_the_mean_is_unstable():
+    stats = _ms([0.1] * 20 + [5.0] * 3 + [0.1] * 20)  # std > mean: a few runs dominate
+    assert stats.std > stats.mean
+    assert instability(stats) is not None
+
+
+def test_too_few_runs_is_named():
+    reason = instability(_ms([1.0, 1.1, 0.9, 1.0, 5.0]))
+    assert reason is not None
+    assert "only 5 timed run(s)" in reason and "--runs 100" in reason

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dcd_deploy import load_model
-from dcd_deploy.load.archinfer import expected_shapes
 from dcd_deploy.errors import ArchitectureError
+from dcd_deploy.load.archinfer import expected_shapes
 from dcd_deploy.zoo import create_model, get_arch, list_archs
 
 ALL_ARCHS = ["mobilenetv2_dcd", "resnet18_dcd", "resnet34_dcd", "resnet50_dcd", "resnet101_dcd", "resnet152_dcd"]

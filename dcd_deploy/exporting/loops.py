@@ -1,0 +1,125 @@
+"""Per-sample convolutions as standard ONNX: one ``Loop`` over the batch per ``PerSampleConv`` node.
+
+The ``loop`` form of a dynamic convolution exports as one custom node (domain ``dcd_deploy``, op
+``PerSampleConv``, inputs x (N, C_in, H, W), weight (N, C_out, C_in/g, k, k) and optionally a bias,
+(N, C_out) per sample when ``per_sample_bias`` is 1, else (C_out,); attributes ``strides``, ``pads``,
+``dilations``, ``group``). :func:`expand_per_sample_convs` replaces each one by::
+
+    trip = Gather(Shape(x), 0)                       # the batch, read at run time
+    y    = Loop(trip, "") with body(i, cond):
+               xi = Unsqueeze(Gather(x, i), [0])     # sample i as a batch of one
+               yi = Conv(xi, Gather(weight, i), Gather(bias, i) | bias, strides, pads, dilations, group)
+               scan output: Squeeze(yi, [0])         # stacked over i: (N, C_out, H', W')
+
+so the file holds only standard operators, with nothing that depends on the batch size. Such a
+``Conv`` is the only one whose weight is computed at run time, and only inside such a Loop's body
+(graph rule :func:`dcd_deploy.exporting.graphcheck.conv_weights_are_constant` reads top-level nodes).
+The expansion must run on the exporter's output, before any other tool (onnxsim, shape inference,
+float16 conversion) reads the graph: none of them knows the custom node.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from ..lowering.dynamic_forms import PER_SAMPLE_DOMAIN, PER_SAMPLE_OP
+
+MIN_OPSET = 13  # Squeeze/Unsqueeze take their axes as an input
+
+
+def is_per_sample_conv(node: onnx.NodeProto) -> bool:
+    return node.domain == PER_SAMPLE_DOMAIN and node.op_type == PER_SAMPLE_OP
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int:
+    """The element type of value ``name`` where the graph declares it (float32 otherwise)."""
+    g = model.graph
+    for value in (*g.input, *g.value_info, *g.output):
+        if value.name == name and value.type.tensor_type.elem_type:
+            return value.type.tensor_type.elem_type
+    for init in g.initializer:
+        if init.name == name:
+            return init.data_type
+    return TensorProto.FLOAT
+
+
+def _body(node: onnx.NodeProto, prefix: str, elem_type: int) -> onnx.GraphProto:
+    """The Loop body computing sample i of one PerSampleConv node."""
+    x, w = node.input[0], node.input[1]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    n = lambda name: f"{prefix}/{name}"
+    nodes = [
+        helper.make_node("Constant", [], [n("axes")], value=helper.make_tensor(n("axes_value"), TensorProto.INT64, [1], [0])),
+        helper.make_node("Gather", [x, n("i")], [n("x_i")], axis=0),
+        helper.make_node("Unsqueeze", [n("x_i"), n("axes")], [n("x_1")]),
+        helper.make_node("Gather", [w, n("i")], [n("w_i")], axis=0),
+    ]
+    conv_inputs = [n("x_1"), n("w_i")]
+    if len(node.input) > 2 and node.input[2]:
+        if attrs.get("per_sample_bias", 0):
+            nodes.append(helper.make_node("Gather", [node.input[2], n("i")], [n("b_i")], axis=0))
+            conv_inputs.append(n("b_i"))
+        else:
+            conv_inputs.append(node.input[2])
+    nodes += [
+        helper.make_node("Conv", conv_inputs, [n("y_1")], strides=attrs["strides"], pads=attrs["pads"],
+                         dilations=attrs["dilations"], group=attrs["group"]),
+        helper.make_node("Squeeze", [n("y_1"), n("axes")], [n("y_i")]),
+        helper.make_node("Identity", [n("cond")], [n("cond_out")]),
+    ]
+    return helper.make_graph(
+        nodes, n("body"),
+        [helper.make_tensor_value_info(n("i"), TensorProto.INT64, []),
+         helper.make_tensor_value_info(n("cond"), TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n("cond_out"), TensorProto.BOOL, []),
+         helper.make_tensor_value_info(n("y_i"), elem_type, [None, None, None])],
+    )
+
+
+def _loop_nodes(model: onnx.ModelProto, node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
+    prefix = f"per_sample_conv_{index}"
+    x = node.input[0]
+    zero = helper.make_tensor(f"{prefix}/zero_value", TensorProto.INT64, [], [0])
+    return [
+        helper.make_node("Shape", [x], [f"{prefix}/shape"], name=f"{prefix}/Shape"),
+        helper.make_node("Constant", [], [f"{prefix}/zero"], value=zero, name=f"{prefix}/Zero"),
+        helper.make_node("Gather", [f"{prefix}/shape", f"{prefix}/zero"], [f"{prefix}/batch"], axis=0,
+                         name=f"{prefix}/Batch"),
+        helper.make_node("Loop", [f"{prefix}/batch", ""], [node.output[0]], name=f"{prefix}/Loop",
+                         body=_body(node, prefix, _elem_type(model, x))),
+    ]
+
+
+def expand_per_sample_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every ``PerSampleConv`` node replaced by a standard ONNX Loop (the
+    model itself when it has none). Raises ValueError below opset 13."""
+    if not any(is_per_sample_conv(node) for node in model.graph.node):
+        return model
+    if _opset(model) < MIN_OPSET:
+        raise ValueError(f"per-sample convolutions need opset {MIN_OPSET} or later (the model has {_opset(model)})")
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(model)
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        if is_per_sample_conv(node):
+            nodes += _loop_nodes(model, node, count)
+            count += 1
+        else:
+            nodes.append(node)
+    del expanded.graph.node[:]
+    expanded.graph.node.extend(nodes)
+    kept = [o for o in expanded.opset_import if o.domain != PER_SAMPLE_DOMAIN]
+    del expanded.opset_import[:]
+    expanded.opset_import.extend(kept)
+    return expanded
+
+
+def count_loops(model: onnx.ModelProto) -> int:
+    """How many per-sample Loops :func:`expand_per_sample_convs` left in ``model``."""
+    return sum(1 for node in model.graph.node if node.op_type == "Loop" and node.name.startswith("per_sample_conv_"))

@@ -1,0 +1,80 @@
+"""Small random CondConv / DyConv / ODConv networks for the tests of parity, bench and export.
+
+Built from the reference layers in ``sample_models/dynamic_nets.py``, re-initialised so that the
+output depends on the input at every depth (a default-initialised random network's logits barely
+do, and a changed layer could go unnoticed), with BatchNorm statistics that are not the identity.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from sample_models import dynamic_nets as dn
+
+SIZE = 48
+
+# family -> (factory, its options, the layer whose expert weight is changed)
+NETWORKS = {
+    "condconv": (dn.efficientnet_cc, {"num_classes": 10, "width_mult": 0.25, "depth_mult": 0.25, "num_features": 64},
+                 "blocks.5.0.conv_pw"),
+    "dyconv": (dn.dy_resnet, {"layers": (1, 1, 1, 1), "num_classes": 10, "width": 8, "temperature": 1}, "layer3.0.conv1"),
+    "odconv": (dn.od_resnet, {"layers": (1, 1, 1, 1), "num_classes": 10, "width": 8}, "layer2.0.conv2"),
+}
+
+
+def _fan_in(module: torch.nn.Module, weight: torch.Tensor) -> int:
+    if isinstance(module, dn.CondConv2d):
+        return int(np.prod(module.weight_shape[1:]))
+    return int(weight[0, 0].numel() if weight.dim() == 5 else weight[0].numel())
+
+
+def build(family: str, seed: int = 0) -> torch.nn.Module:
+    """A random network of ``family``: weights drawn with a ReLU-gain fan-in scale, BatchNorms with
+    non-trivial statistics and affine parameters."""
+    factory, options, _ = NETWORKS[family]
+    torch.manual_seed(seed)
+    model = factory(**options).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            weight = m._parameters.get("weight")
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            elif weight is not None and weight.dim() > 1:
+                weight.normal_(0.0, 1.4 / _fan_in(m, weight) ** 0.5)
+    return model
+
+
+class HyperConv(torch.nn.Module):
+    """A dynamic convolution of no supported family: a Linear generates each sample's 3×3 kernel
+    from the pooled input, and one grouped convolution runs the batch (groups = batch)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.generator = torch.nn.Linear(channels, channels * channels * 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        kernel = self.generator(x.mean((2, 3))).view(n * self.channels, self.channels, 3, 3)
+        y = torch.nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), kernel, None, 1, 1, 1, n)
+        return y.view(n, self.channels, *y.shape[2:])
+
+
+def hyper_net(num_classes: int = 10) -> torch.nn.Module:
+    """A small network whose one dynamic convolution (``body.hyper``) matches no family."""
+    body = torch.nn.Sequential()
+    body.add_module("stem", torch.nn.Conv2d(3, 8, 3, 2, 1))
+    body.add_module("relu", torch.nn.ReLU())
+    body.add_module("hyper", HyperConv(8))
+    return torch.nn.Sequential(body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, num_classes))
