@@ -270,7 +270,11 @@ class LoopForm(_Form):
         if att.channel is not None and not self.fold_channel:
             x = x * att.channel.view(-1, att.channel.shape[1], 1, 1)
         kernel = self.per_sample_kernel(att, self.fold_filter, self.fold_channel)
-        if kernel.shape[0] == 1:  # one expert and no per-sample attention on the kernel
+        # Decided from the layer, not from kernel.shape[0]: a shape test is frozen at export time at the
+        # example's batch size (1), which would put a full copy of every per-sample kernel in the graph.
+        shared = not self.routed and att.spatial is None and (att.filter is None or not self.fold_filter) \
+            and (att.channel is None or not self.fold_channel)
+        if shared:  # one expert and no per-sample attention on the kernel
             kernel = kernel.expand(x.shape[0], -1, -1, -1)
         kernel = kernel.reshape(-1, self.c_out, self.c_in_g, self.k, self.k)
         scale_after = att.filter is not None and not self.fold_filter

@@ -150,9 +150,13 @@ def lowered_types() -> tuple[type, ...]:
 
 
 class FormChooser(Protocol):
-    """Picks the lowered form of one layer, one of ``family.forms(info, in_shape)``."""
+    """Picks the lowered form of one layer, one of ``family.forms(info, in_shape, static_batch)``.
 
-    def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: nn.Module) -> str: ...
+    ``lower_model`` passes ``static_batch`` only in a fixed-batch export (so a chooser written
+    without the keyword still works for dynamic-batch exports)."""
+
+    def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: nn.Module,
+                 static_batch: int | None = None) -> str: ...
 
 
 def describe_parts(module: nn.Module, wanted: list[str]) -> str:
