@@ -111,3 +111,57 @@ def test_openvino_runs_the_expanded_loop():
         out = compiled(x.numpy())[compiled.output(0)]
         with torch.no_grad():
             assert _rel(np.asarray(out), module.reference(x)) < 1e-5
+
+
+class ExpertMix(nn.Module):
+    """A pure mix of experts: w_n = Σ_k r_nk W_k with r = softmax(Linear(mean(x)))."""
+
+    def __init__(self, c_in: int = 6, c_out: int = 5, k: int = 3, experts: int = 4):
+        super().__init__()
+        gen = torch.Generator().manual_seed(1)
+        self.route = nn.Linear(c_in, experts)
+        self.bank = nn.Parameter(torch.randn(experts, c_out * c_in * k * k, generator=gen))
+        self.shape = (c_out, c_in, k, k)
+
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.route(x.mean((2, 3))), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.matmul(self.routing(x), self.bank).view(-1, *self.shape)
+        return per_sample_conv(x, w, None, 1, 1, 1, 1)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.routing(x.double().float()).double()
+        w = (r @ self.bank.double()).view(-1, *self.shape)
+        return torch.cat([F.conv2d(x[i:i + 1].double(), w[i], None, 1, 1) for i in range(x.shape[0])])
+
+
+def test_a_pure_expert_mix_forms_each_kernel_inside_the_loop():
+    """No batch of kernels is written and gathered: the body mixes sample i's kernel itself, and the
+    MatMul that formed the batch of kernels is gone from the outer graph."""
+    module = ExpertMix().eval()
+    model = expand_per_sample_convs(_export(module, 6))
+    onnx.checker.check_model(model, full_check=True)
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    body_ops = [n.op_type for n in loop.attribute[0].g.node]
+    assert "MatMul" in body_ops and "Reshape" in body_ops
+    assert not [n for n in model.graph.node if n.op_type == "MatMul"]  # the batched mix was pruned
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 6, 9, 9, generator=torch.Generator().manual_seed(batch))
+        out = session.run(None, {"x": x.numpy()})[0]
+        with torch.no_grad():
+            assert _rel(out, module.reference(x)) < 1e-5
+
+
+def test_the_loop_form_has_no_batch_frozen_expand(tmp_path):
+    """A kernel shared by every sample is expanded by a rule decided from the layer, not by a shape test
+    that the exporter would freeze at the example's batch size."""
+    from sample_models import dynamic_nets as dn
+
+    from dcd_deploy import export
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), dn.Dynamic_conv2d(8, 8, 3, padding=1, K=4, bias=False),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    result = export(net, tmp_path / "dy.onnx", input_size=16, form="loop")
+    assert result and not [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "Expand"]
