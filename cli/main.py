@@ -33,8 +33,9 @@ for _module in (archs, inspect, export, parity, evaluate, bench):
 
 def main() -> None:
     """Run the command line; Ctrl-C anywhere (also while click parses) exits 130, not click's 1."""
-    from dcd_deploy.errors import Interrupted
+    from dcd_deploy.errors import Interrupted, watch_interrupts
 
+    watch_interrupts()
     try:
         status = cli.main(prog_name="dcd-deploy", standalone_mode=False)
     except click.exceptions.Abort:

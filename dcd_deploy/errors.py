@@ -117,6 +117,31 @@ class Interrupted(DcdDeployError):
         super().__init__(problem, fix)
 
 
+_SIGINT_SEEN: list[bool] = []
+
+
+def watch_interrupts() -> None:
+    """Remember every Ctrl-C (SIGINT) before raising KeyboardInterrupt as Python does.
+
+    Libraries that catch every exception (torch.export, onnxsim) can swallow the KeyboardInterrupt, or
+    turn it into an error of their own; :func:`raise_if_interrupted` after such a call restores it.
+    """
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        _SIGINT_SEEN.append(True)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed since :func:`watch_interrupts` (call it in an
+    ``except`` that catches every exception)."""
+    if _SIGINT_SEEN:
+        raise KeyboardInterrupt
+
+
 class AccuracyDrop(DcdDeployError):
     """``dcd-deploy evaluate --max-drop``: the ONNX model's top-1 fell further below the original's than allowed."""
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import summarize_exception
+from ..errors import raise_if_interrupted, summarize_exception
 from ..exporting.quiet import quiet
 from .settings import NAIVE_EXPORTERS
 
@@ -52,6 +52,7 @@ def naive_export(model: nn.Module, hw: tuple[int, int], exporters: Sequence[str]
             with quiet():
                 data = _export_once(model, example, exporter)
         except Exception as exc:  # noqa: BLE001 - every exporter failure is a finding for the report
+            raise_if_interrupted()  # torch.export can turn a Ctrl-C into an error of its own
             failures.append(f"torch.onnx.export(dynamo={exporter == 'dynamo'}) failed: {summarize_exception(exc)}")
             continue
         note = f"torch.onnx.export(dynamo={exporter == 'dynamo'})"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, summarize_exception
+from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, raise_if_interrupted, summarize_exception
 from ..lowering import RewriteReport, lower_model, relative_error
 from ..lowering.computed_weights import computed_weight_modules
 from .graphcheck import batch_independent, batch_specific_metadata, conv_weights_are_constant
@@ -90,6 +90,7 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
                                       opset_version=options.opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=dynamic_axes(options), do_constant_folding=True)
             except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one paragraph and a log
+                raise_if_interrupted()
                 log.write("".join(traceback.format_exception(exc)).encode("utf-8", "replace"))
                 keep_log = True
                 raise ExportFailed(
@@ -128,6 +129,7 @@ def simplify(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
             return graph, "onnxsim could not validate its result; kept the unsimplified graph"
         return simplified, None
     except Exception as exc:  # noqa: BLE001 - any onnxsim failure falls back to the raw graph
+        raise_if_interrupted()
         return graph, f"onnxsim failed ({summarize_exception(exc, limit=200)}); kept the unsimplified graph"
 
 
