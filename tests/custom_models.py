@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcd_deploy.zoo.layers import conv_basic_dy
+
 
 class HardSig(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,3 +125,20 @@ def failing_factory(**_kwargs) -> nn.Module:
 
 def not_a_module() -> str:
     return "not a network"
+
+class NoBn2(conv_basic_dy):
+    """A user's variant: the dynamic fusion without its BatchNorm1d (not the published layer)."""
+
+    def __init__(self, inplanes: int, planes: int):
+        super().__init__(inplanes, planes, 1)
+        del self.bn2
+
+    def forward(self, x):
+        b = x.size(0)
+        y = self.fc(self.avg_pool(x).view(b, -1))
+        phi = self.fc_phi(y).view(b, self.dim, self.dim)
+        r = self.hs(self.fc_scale(y)).view(b, -1, 1, 1) * self.conv(x)
+        z = self.bn1(self.q(x))
+        h, w = z.shape[2:]
+        z = torch.matmul(phi, z.view(b, self.dim, -1)) + z.view(b, self.dim, -1)
+        return self.p(z.view(b, -1, h, w)) + r

@@ -25,7 +25,7 @@ from dcd_deploy.load.model import load_model
 from dcd_deploy.lowering import relative_error
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
-from dcd_deploy.zoo.layers import conv_basic_dy
+from custom_models import NoBn2
 
 SIZE = 48
 
@@ -145,22 +145,6 @@ def test_failed_self_check_removes_the_file_or_keeps_it_when_asked(tmp_path, mbv
     assert target.exists()
 
 
-class NoBn2(conv_basic_dy):
-    """A user's variant: the dynamic fusion without its BatchNorm1d (not the published layer)."""
-
-    def __init__(self, inplanes: int, planes: int):
-        super().__init__(inplanes, planes, 1)
-        del self.bn2
-
-    def forward(self, x):
-        b = x.size(0)
-        y = self.fc(self.avg_pool(x).view(b, -1))
-        phi = self.fc_phi(y).view(b, self.dim, self.dim)
-        r = self.hs(self.fc_scale(y)).view(b, -1, 1, 1) * self.conv(x)
-        z = self.bn1(self.q(x))
-        h, w = z.shape[2:]
-        z = torch.matmul(phi, z.view(b, self.dim, -1)) + z.view(b, self.dim, -1)
-        return self.p(z.view(b, -1, h, w)) + r
 
 
 def test_unlowered_layer_refuses_export_and_names_it(tmp_path):

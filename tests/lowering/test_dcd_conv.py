@@ -12,6 +12,7 @@ from dcd_deploy.lowering.costmodel import CostChooser
 from dcd_deploy.lowering.families.dcd_conv import LoweredDcdConv, form_costs
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.layers import DYModule, conv_basic_dy, conv_dy
+from custom_models import NoBn2
 
 # --- must rewrite ------------------------------------------------------------------------------
 
@@ -82,22 +83,6 @@ def test_static_part_is_w0():
 # --- must not rewrite ----------------------------------------------------------------------------
 
 
-class NoBn2(conv_basic_dy):
-    """A user's variant: the dynamic fusion without its BatchNorm1d (not the published layer)."""
-
-    def __init__(self, inplanes: int, planes: int):
-        super().__init__(inplanes, planes, 1)
-        del self.bn2
-
-    def forward(self, x):
-        b = x.size(0)
-        y = self.fc(self.avg_pool(x).view(b, -1))
-        phi = self.fc_phi(y).view(b, self.dim, self.dim)
-        r = self.hs(self.fc_scale(y)).view(b, -1, 1, 1) * self.conv(x)
-        z = self.bn1(self.q(x))
-        h, w = z.shape[2:]
-        z = torch.matmul(phi, z.view(b, self.dim, -1)) + z.view(b, self.dim, -1)
-        return self.p(z.view(b, -1, h, w)) + r
 
 
 def test_layer_without_bn2_is_reported_with_the_reason_and_not_lowered():

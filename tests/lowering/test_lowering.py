@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 from lowering_checks import LOWERING_RTOL, assert_lowering_parity, build, lowering_errors
-from test_dcd_conv import NoBn2  # noqa: F401  (other test modules import it from here)
 from torch import nn
 
 from dcd_deploy.lowering import lower_model
