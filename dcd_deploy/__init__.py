@@ -6,10 +6,10 @@ The package is laid out as its pipeline, one folder per step:
                  registered architectures, each module declaring its own and its option inference);
 * ``lowering/``  recognise dynamic layers structurally and rewrite them into static ONNX-friendly ops
                  (``family.py`` is the interface, ``families/`` one module per layer family);
-* ``runtime/``   ONNX Runtime sessions, ONNX file reading, runners and interleaved timing;
+* ``runtime/``   ONNX Runtime sessions, ONNX file reading, input data, runners and interleaved timing;
 * ``exporting/`` export as named stages (validate, lower, trace, simplify, convert, quantize, stamp,
                  check, self-check, write);
-* ``compare/``   inputs, tolerances, metrics, parity, localisation of a divergence, accuracy;
+* ``compare/``   tolerances, metrics, parity, localisation of a divergence, accuracy;
 * ``bench/``     the deployment options of one model timed side by side, and their reports.
 
 At the top: ``errors`` (the user-error family and exit codes), ``reporting`` (JSON, tables, atomic

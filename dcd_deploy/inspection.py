@@ -196,14 +196,7 @@ def _table(layers: list[DcdLayer]) -> list[str]:
         macs = _mega(layer.macs) if layer.macs is not None else "?"
         rows.append((str(i), layer.path or "<root>", layer.kind, f"{layer.c_in}→{layer.c_out}", kernel,
                      str(layer.latent), str(layer.squeeze), pool, macs))
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    right = {0, 3, 5, 6, 8}  # numeric columns
-
-    def fmt(row: tuple[str, ...]) -> str:
-        cells = [cell.rjust(widths[c]) if c in right else cell.ljust(widths[c]) for c, cell in enumerate(row)]
-        return "  ".join(cells).rstrip()
-
-    return [fmt(header), *(fmt(r) for r in rows)]
+    return table(header, rows, "rllrlrrlr", rule=False).split("\n")  # numeric columns right-aligned
 
 
 def _dynamic_table(layers: list[DynamicLayer]) -> str:

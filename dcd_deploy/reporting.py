@@ -50,9 +50,9 @@ def to_json(obj: Any) -> str:
     return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
-    """Columns padded to their widest cell, a dashed rule under the header; ``align`` is one
-    ``l`` or ``r`` per column (default: all left)."""
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None, rule: bool = True) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header (unless ``rule`` is False);
+    ``align`` is one ``l`` or ``r`` per column (default: all left)."""
     widths = [max(len(r[i]) for r in [header, *rows] if i < len(r)) for i in range(len(header))]
     align = align or "l" * len(header)
 
@@ -60,7 +60,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | Non
         padded = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)]
         return "  ".join(padded).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    return "\n".join([line(header), *([line(["-" * w for w in widths])] if rule else []), *(line(r) for r in rows)])
 
 
 def _check_location(path: Path, what: str) -> None:

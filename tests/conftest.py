@@ -21,6 +21,17 @@ from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 TESTS_DIR = Path(__file__).resolve().parent
+SAMPLE_MODELS = TESTS_DIR.parent / "sample_models"
+
+
+def sample_training_module():
+    """``sample_models/train.py`` as a module (its ``preprocess`` is what the samples were trained on)."""
+    sys.path.insert(0, str(SAMPLE_MODELS))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(SAMPLE_MODELS))
+    return train
 
 # The test machines are small and shared: several intra-op threads on two busy cores spin against
 # each other and make a forward pass 50x slower. Tests that measure speed set their own threads.

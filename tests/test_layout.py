@@ -130,3 +130,18 @@ def test_the_cycle_check_sees_function_level_imports(tmp_path):
     tree = ast.parse(source)
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
     assert "dcd_deploy.pkg.b" in _resolve("dcd_deploy.pkg.a", False, node)
+
+
+# The pipeline's steps in data-path order: a module may import its own step and earlier ones only.
+STEPS = ("zoo", "load", "lowering", "runtime", "exporting", "compare", "bench")
+
+
+def _step(module: str) -> int | None:
+    parts = module.split(".")
+    return STEPS.index(parts[1]) if len(parts) > 1 and parts[1] in STEPS else None
+
+
+def test_imports_flow_forward_along_the_pipeline():
+    backward = [f"{a} -> {b}" for a, deps in sorted(_import_graph().items()) for b in sorted(deps)
+                if _step(a) is not None and _step(b) is not None and _step(b) > _step(a)]
+    assert not backward, f"imports against the pipeline's direction: {backward}"

@@ -1,1 +1,1 @@
-"""Comparing an exported model with the original: inputs, tolerances, metrics, parity, localisation."""
+"""Comparing an exported model with the original: tolerances, metrics, parity, localisation, accuracy."""

@@ -1,6 +1,6 @@
 """Accuracy of an ONNX model on labelled data, beside the PyTorch original it was exported from.
 
-:func:`evaluate` runs labelled samples (:mod:`.labelled`) through the ONNX file on each execution
+:func:`evaluate` runs labelled samples (:mod:`dcd_deploy.runtime.labelled`) through the ONNX file on each execution
 provider and, when a checkpoint is given, through the original PyTorch network in float32, and
 reports for each: top-1 and top-5 accuracy (top-k with k = the number of classes when there are
 fewer than five), plus the agreement (share of samples where the ONNX model's top-1 class equals
@@ -26,8 +26,8 @@ from ..errors import AccuracyDrop, InputError
 from ..reporting import json_safe, table, to_json, write_output
 from ..runtime.onnxfile import OnnxFile, read_onnx
 from ..runtime.session import check_available, create_session, parse_providers, short_name
-from .inputs import batches
-from .labelled import LabelledSet, check_labels, load_labelled
+from ..runtime.inputs import batches
+from ..runtime.labelled import LabelledSet, check_labels, load_labelled
 
 DEFAULT_BATCH = 32
 TOP_K = 5

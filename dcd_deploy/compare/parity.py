@@ -26,7 +26,7 @@ from ..reporting import check_output_path
 from ..runtime.onnxfile import InputSpec, OnnxFile, read_onnx
 from ..runtime.session import check_available, parse_provider_options, parse_providers, provider_name
 from ..sysinfo import machine, versions
-from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, check_shape, load_inputs
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, check_shape, load_inputs
 from .localize import localize
 from .metrics import worst_samples
 from .reference import Reference, check_pairing, check_reference_dtype, reference_info, reference_model, run_reference
@@ -40,7 +40,7 @@ from .tolerance import check_tolerances
 class ParityOptions:
     """How to run a parity check; every field is also a keyword of :func:`check_parity`.
 
-    ``inputs`` is anything :func:`dcd_deploy.compare.inputs.load_inputs` takes (``None``: seeded
+    ``inputs`` is anything :func:`dcd_deploy.runtime.inputs.load_inputs` takes (``None``: seeded
     random) or a ready :class:`InputSet`. ``provider_options`` maps a provider (alias or full name)
     to its ONNX Runtime options, or lists ``'PROVIDER:KEY=VALUE'`` strings. ``mean``/``std``
     normalise images (``None``: ImageNet's). ``save_io_dir`` and ``json_path`` name files to write

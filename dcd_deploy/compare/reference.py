@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import InputError, summarize_exception
 from ..load.model import LoadedModel, load_model
 from ..runtime.onnxfile import OnnxFile
-from .inputs import batches
+from ..runtime.inputs import batches
 
 REFERENCE_DTYPES = ("float32", "float64")
 # A checkpoint path, a loaded or plain network, or a function that loads one (called only after the

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError, summarize_exception
 from ..runtime.onnxfile import InputSpec, OnnxFile
 from ..runtime.session import create_session, default_provider_options, device_name
-from .inputs import batches
+from ..runtime.inputs import batches
 from .metrics import compare_output
 from .reference import check_outputs
 from .results import ProviderResult

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compare.inputs import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError
 
 DEFAULT_OPSET = 17

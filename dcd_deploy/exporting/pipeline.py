@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..compare.inputs import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SelfCheckFailed  # noqa: F401 - where callers of the pipeline look for it
 from ..load.model import LoadedModel
 from . import stages

@@ -217,7 +217,7 @@ def _quiet_quantizer() -> Iterator[None]:
 
 def check_calibration(data: np.ndarray, spec_model: onnx.ModelProto, min_samples: int = 1) -> np.ndarray:
     """The calibration array checked against the model's input (shape, dtype, finite values)."""
-    from ..compare.inputs import check_shape
+    from ..runtime.inputs import check_shape
 
     data = check_shape(np.asarray(data), input_spec(spec_model), "The calibration data")
     if len(data) < min_samples:
@@ -343,7 +343,7 @@ def compare_int8(int8_logits: np.ndarray, reference_logits: np.ndarray,
 def run_int8_check(int8_model: bytes | onnx.ModelProto, inputs: np.ndarray, reference_logits: np.ndarray,
                    batch: int | None = None) -> Int8Check:
     """Run ``int8_model`` on ONNX Runtime CPU over ``inputs`` and compare with ``reference_logits``."""
-    from ..compare.inputs import batches
+    from ..runtime.inputs import batches
     from ..runtime.session import create_session
 
     data = int8_model if isinstance(int8_model, bytes) else int8_model.SerializeToString()

@@ -214,7 +214,7 @@ def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> Self
 def calibration_data(options: ExportOptions) -> np.ndarray | None:
     """The int8 calibration samples (``None`` without ``int8``), read and checked against the input
     the export will have before any work: an array as given, or what
-    :func:`dcd_deploy.compare.labelled.load_samples` reads (``.npz``/``.npy``, a compact images
+    :func:`dcd_deploy.runtime.labelled.load_samples` reads (``.npz``/``.npy``, a compact images
     ``.npz``, an image folder normalised with ``mean``/``std``)."""
     if not options.int8:
         return None
@@ -224,8 +224,8 @@ def calibration_data(options: ExportOptions) -> np.ndarray | None:
 def load_calibration(source: Any, hw: tuple[int, int], mean: Any = None, std: Any = None,
                      dynamic_size: bool = False) -> np.ndarray:
     """Calibration samples for an N×3×H×W input of size ``hw`` (see :func:`calibration_data`)."""
-    from ..compare.inputs import check_shape
-    from ..compare.labelled import load_samples
+    from ..runtime.inputs import check_shape
+    from ..runtime.labelled import load_samples
     from ..runtime.onnxfile import InputSpec
 
     spec = InputSpec(INPUT_NAME, (None, 3, *((None, None) if dynamic_size else hw)), np.dtype(np.float32), hw)

@@ -1,1 +1,1 @@
-"""ONNX Runtime: sessions, ONNX file reading, runners and interleaved timing."""
+"""ONNX Runtime: sessions, ONNX file reading, the input data fed to them, runners and interleaved timing."""

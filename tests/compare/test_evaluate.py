@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,28 +13,21 @@ from conftest import assert_user_error
 from dcd_deploy_cli.commands.evaluate import command as evaluate_command
 
 from dcd_deploy.compare.accuracy import EvaluationResult, evaluate, score
-from dcd_deploy.compare.labelled import LabelledSet
+from dcd_deploy.runtime.labelled import LabelledSet
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.load.model import load_model
+from conftest import sample_training_module
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 HELDOUT = SAMPLES / "digits_heldout.npz"
 CHECKPOINT = SAMPLES / "mobilenetv2_dcd_w025_digits.pth"
 
 
-def train_module():
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(SAMPLES))
-    return train
-
 
 @pytest.fixture(scope="module")
 def digits():
     """The held-out digits preprocessed by the training script itself, and their labels."""
-    train = train_module()
+    train = sample_training_module()
     settings = train.load_settings(SAMPLES / "settings.json")
     data = train.load_digits_npz(SAMPLES / settings["data"])
     x = train.preprocess(data.images[data.test_idx], settings["input"]).numpy()
@@ -54,7 +46,7 @@ def invoke(*args):
 
 
 def test_heldout_file_is_small_and_exactly_the_training_preprocessing(sample_onnx, digits):
-    from dcd_deploy.compare.labelled import load_labelled
+    from dcd_deploy.runtime.labelled import load_labelled
     from dcd_deploy.runtime.onnxfile import read_onnx
 
     x, labels, _ = digits

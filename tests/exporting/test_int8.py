@@ -4,7 +4,6 @@ of the bundled samples on the held-out digits."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from dcd_deploy.exporting.quantize import (
     run_int8_check,
 )
 from dcd_deploy.lowering.static_twin import static_twin
+from conftest import sample_training_module
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 
@@ -118,14 +118,6 @@ def test_bad_calibration_is_a_user_error(small_export):
         quantize_int8(dcd, calibration(), method="kl")
 
 
-def _train():
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(SAMPLES))
-    return train
-
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("form", ["auto", "factored"])
@@ -133,11 +125,11 @@ def _train():
 def test_samples_keep_their_accuracy_in_int8(name, form, tmp_path):
     """64 training images calibrate; on the 360 held-out digits top-1 stays within 1 point, ≥ 98 % agree."""
     from dcd_deploy.compare.accuracy import evaluate
-    from dcd_deploy.compare.labelled import load_samples
+    from dcd_deploy.runtime.labelled import load_samples
     from dcd_deploy.load.model import load_model
     from dcd_deploy.runtime.onnxfile import input_spec
 
-    train = _train()
+    train = sample_training_module()
     settings = train.load_settings(SAMPLES / "settings.json")
     digits = train.load_digits_npz(SAMPLES / settings["data"])
     cal = train.preprocess(digits.images[digits.train_idx[:64]], settings["input"]).numpy()
@@ -196,7 +188,7 @@ def test_cli_writes_a_checked_int8_file(run_cli, tmp_path):
     # the check's figures are what ONNX Runtime and the original network give on the same inputs
     import torch
 
-    from dcd_deploy.compare.labelled import load_samples
+    from dcd_deploy.runtime.labelled import load_samples
     from dcd_deploy.load.model import load_model
 
     x = check_inputs(load_samples(CALIBRATION, model.spec))

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dcd_deploy.compare.inputs import IMAGENET_MEAN, IMAGENET_STD, batches, input_spec, load_inputs, parse_size
+from dcd_deploy.runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, batches, input_spec, load_inputs, parse_size
 from dcd_deploy.errors import InputError
 
 

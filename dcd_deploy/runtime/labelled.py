@@ -1,7 +1,7 @@
 """Labelled data for accuracy measurements: arrays, compact raw images, or an ImageFolder tree.
 
 Every source ends as float32 inputs ``(N, C, H, W)`` checked against the ONNX model's input (by
-:func:`dcd_deploy.compare.inputs.check_shape`) and int64 labels ``(N,)``:
+:func:`dcd_deploy.runtime.inputs.check_shape`) and int64 labels ``(N,)``:
 
 * ``.npz`` with ``input`` (preprocessed float samples, as for ``parity --inputs``) and ``labels``;
 * ``.npz`` with ``images`` (uint8, ``(N, h, w)`` or ``(N, h, w, c)``), ``labels`` and ``preprocess``,
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, summarize_exception
-from ..runtime.onnxfile import InputSpec
+from .onnxfile import InputSpec
 from .inputs import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, check_shape, load_inputs
 
 _LABELS_FIX = "Save the labels beside the samples: np.savez(path, input=x, labels=y), y integer class indices."
@@ -192,7 +192,7 @@ def load_samples(source: str | os.PathLike, spec: InputSpec, input_size: tuple[i
 
     A compact ``.npz`` of raw ``images`` with a ``preprocess`` recipe is read as in
     :func:`load_labelled` (its labels, if any, are ignored); anything else as ``parity --inputs``
-    reads it (:func:`dcd_deploy.compare.inputs.load_inputs`: ``.npy``, ``.npz`` with ``input``, an
+    reads it (:func:`dcd_deploy.runtime.inputs.load_inputs`: ``.npy``, ``.npz`` with ``input``, an
     image or a folder of images normalised with ``mean``/``std``). ``source`` is required.
     """
     path = Path(source)

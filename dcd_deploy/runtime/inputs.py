@@ -1,4 +1,5 @@
-"""Input data for parity checks: seeded random tensors, ``.npy``/``.npz`` arrays, or image folders.
+"""Input data fed to ONNX Runtime (parity, evaluation, int8 calibration): seeded random tensors,
+``.npy``/``.npz`` arrays, or image folders.
 
 Every source ends as one float array ``(N, C, H, W)`` whose shape has been checked against the
 ONNX model's input, so a wrong file fails here with an :class:`InputError` that says how to fix
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, summarize_exception
-from ..runtime.onnxfile import InputSpec, input_spec, parse_size  # noqa: F401 - input_spec, parse_size re-exported
+from .onnxfile import InputSpec, input_spec, parse_size  # noqa: F401 - input_spec, parse_size re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
