@@ -18,6 +18,11 @@ one role (:func:`node_roles`):
 * ``latent``      a ``MatMul`` whose two operands are both computed: ``Φ·z`` (factored form) or
                   ``K(x)·x`` with the per-sample kernel (merged form). Float32; ``dynamic_latent``
                   tries ONNX Runtime's dynamic quantization of these products instead.
+* ``pool``        a ``MatMul`` whose LEFT operand is constant: a pooling-matrix product (the attention
+                  pools of channels-last lowerings, ``lowering/pooling.py``). Quantized with the
+                  int8 chain: ONNX Runtime then runs it as a ``QLinearMatMul`` on the int8 NHWC map
+                  (resnet18_dcd batch 1: 0.93× → 0.80× of the float32 static twin with the
+                  channels-last latent product, BENCHMARKS.md); 0 and ``1/|bin|`` are exact in int8.
 * ``dense``       a ``Gemm``/``MatMul`` with a constant weight: the attention (``fc``, SE, ``Φ`` and
                   ``Λ`` heads, on pooled vectors) and the classifier. Float32: they are a fraction
                   of a percent of the arithmetic (a 2048→1000 classifier is 0.05 % of resnet50_dcd)
@@ -69,7 +74,7 @@ from ..errors import InputError
 from ..runtime.onnxfile import input_spec
 
 METHODS = ("minmax", "entropy", "percentile")
-ROLES = ("conv", "depthwise", "latent_conv", "latent", "dense", "other")
+ROLES = ("conv", "depthwise", "latent_conv", "latent", "pool", "dense", "other")
 CALIBRATION_BATCH = 8
 # The int8 self-check (see the module docstring). On the bundled digits samples (64 calibration
 # images, 360 held-out digits, both lowered forms) agreement is 98-100 %, mean cosine 0.990-0.999
@@ -108,6 +113,8 @@ def node_roles(model: onnx.ModelProto) -> dict[str, str]:
     for node in model.graph.node:
         if node.op_type == "MatMul" and not any(i in consts for i in node.input):
             roles[node.name] = "latent"
+        elif node.op_type == "MatMul" and node.input[0] in consts and node.input[1] not in consts:
+            roles[node.name] = "pool"
         elif node.op_type in ("Gemm", "MatMul"):
             roles[node.name] = "dense"
         elif node.op_type == "Conv":
@@ -147,6 +154,7 @@ def chain_nodes(model: onnx.ModelProto, roles: dict[str, str], quantized: set[st
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
     int8 = {name for name, role in roles.items() if role in quantized}
+    int8 |= _layout_readers(model, consumers, int8)
     kept = {n.name for n in model.graph.node if n.op_type in CHAIN_OPS}
     changed = True
     while changed:
@@ -157,6 +165,21 @@ def chain_nodes(model: onnx.ModelProto, roles: dict[str, str], quantized: set[st
                 kept.discard(node.name)
                 changed = True
     return [n.name for n in model.graph.node if n.name in kept]
+
+
+def _layout_readers(model: onnx.ModelProto, consumers: dict[str, list[onnx.NodeProto]], int8: set[str]) -> set[str]:
+    """``Transpose``/``Reshape`` nodes that only lead (through more of them) to int8 nodes: the
+    channels-last reads of a pooling matrix, which ONNX Runtime folds into its NHWC layout."""
+    found: set[str] = set()
+
+    def leads_to_int8(node: onnx.NodeProto) -> bool:
+        users = consumers.get(node.output[0], [])
+        return bool(users) and all(u.name in int8 or (u.op_type in ("Transpose", "Reshape") and leads_to_int8(u)) for u in users)
+
+    for node in model.graph.node:
+        if node.op_type in ("Transpose", "Reshape") and leads_to_int8(node):
+            found.add(node.name)
+    return found
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -251,9 +274,12 @@ def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray, method: str =
     nodes = [name for name, role in roles.items() if role in wanted]
     if chain is None:
         chain = "depthwise" not in roles.values()
+    if chain:  # the pools read the int8 maps the chain keeps (channels-last lowerings have them)
+        wanted |= {"pool"}
+        nodes += [name for name, role in roles.items() if role == "pool"]
     chained = chain_nodes(model, roles, wanted) if chain else []
     by_name = {n.name: n.op_type for n in model.graph.node}
-    op_types = sorted({"Conv", *(by_name[name] for name in chained)})
+    op_types = sorted({"Conv", *(by_name[name] for name in nodes + chained)})
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     spec = input_spec(model)

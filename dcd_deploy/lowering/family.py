@@ -95,6 +95,7 @@ class LowerOptions:
     form: str  # one of family.forms(...)
     in_hw: tuple[int, int] | None  # input H, W the layer sees; None = dynamic size
     static_batch: int | None = None  # set only for fixed-batch exports (static-shape forms)
+    channels_last: bool = False  # read maps channels-last where the form can (int8 graphs that run in NHWC)
 
 
 class LayerFamily:

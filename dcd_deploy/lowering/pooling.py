@@ -17,6 +17,16 @@ not ``ReduceMean``/``GlobalAveragePool``: a mean over a symbolic extent makes tr
 it (about a second). The count takes the map's type with ``CastLike`` (opset 15), so a float16
 conversion keeps the graph valid; below opset 15 the bins are averaged by
 ``ReduceMean`` instead.
+
+**Channels-last** (``channels_last=True``, known size; what int8 exports use): the pool is one
+product with a constant pooling matrix, ``P · X`` where X is the map read channels-last as
+(B, H·W, C) and P (out², H·W) holds ``1/|bin|`` on each bin's pixels (overlapping bins included),
+then the (B, out², C) result is flattened channel-major. ONNX Runtime runs its convolutions in int8
+NHWC, so the ``Transpose`` to channels-last cancels against its layout transpose, and the product
+quantizes to one ``QLinearMatMul`` that reads the int8 map where it lies: its int8
+``AveragePool``/``GlobalAveragePool`` kernels cost 3–4 times as much, and a float pool first
+dequantizes, transposes and reorders the whole map (BENCHMARKS.md, "Int8"). The weights 0 and
+``1/|bin|`` (all bins of one pool have the same size) are exact in int8.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .shapes import keep_batch_reshape
 
 _END = torch.iinfo(torch.int64).max
 
@@ -102,19 +114,46 @@ class _DynamicPool(torch.autograd.Function):
         return _divide_by_count(g, g.op("Flatten", t, axis_i=1), ceil, x)
 
 
-class ExactAdaptiveAvgPool(nn.Module):
-    """Adaptive average pool to ``out``×``out`` (1 or 2), flattened channel-major to (B, C·out²)."""
+def _bins(n: int, out: int) -> list[tuple[int, int]]:
+    """The [start, end) bins of adaptive average pooling of ``n`` cells to ``out`` (1 or 2)."""
+    return [(0, n)] if out == 1 else [(0, (n + 1) // 2), (n // 2, n)]
 
-    def __init__(self, out: int, in_hw: tuple[int, int] | None):
+
+def pooling_matrix(out: int, h: int, w: int) -> torch.Tensor:
+    """(out², H·W) float32: row ``i·out + j`` averages bin (i, j) of an H×W map read row-major."""
+    rows = []
+    for r0, r1 in _bins(h, out):
+        for c0, c1 in _bins(w, out):
+            row = torch.zeros(h, w, dtype=torch.float64)
+            row[r0:r1, c0:c1] = 1.0 / ((r1 - r0) * (c1 - c0))
+            rows.append(row.flatten())
+    return torch.stack(rows).float()
+
+
+class ExactAdaptiveAvgPool(nn.Module):
+    """Adaptive average pool to ``out``×``out`` (1 or 2), flattened channel-major to (B, C·out²).
+
+    ``channels_last`` (with a known ``in_hw``): as a product with :func:`pooling_matrix` on the
+    channels-last map (see the module docstring).
+    """
+
+    def __init__(self, out: int, in_hw: tuple[int, int] | None, channels_last: bool = False):
         super().__init__()
         if out not in (1, 2):
             raise ValueError(f"output size {out} is not 1 or 2")
         self.out = out
         self.in_hw = in_hw  # None: dynamic input size
+        self.channels_last = channels_last and in_hw is not None
+        if self.channels_last:
+            self.register_buffer("matrix", pooling_matrix(out, *in_hw), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_hw is None:
             return _DynamicPool.apply(x, self.out)
+        if self.channels_last:
+            h, w = self.in_hw
+            pooled = torch.matmul(self.matrix, keep_batch_reshape(x.permute(0, 2, 3, 1), (h * w, int(x.shape[1]))))
+            return pooled.transpose(1, 2).flatten(1)
         if self.out == 1:
             return F.adaptive_avg_pool2d(x, 1).flatten(1)
         h, w = self.in_hw

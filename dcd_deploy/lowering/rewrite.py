@@ -153,6 +153,7 @@ class _Settings:
     dynamic_size: bool
     static_batch: int | None
     check: bool
+    channels_last: bool = False
 
 
 def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Module | None,
@@ -163,7 +164,7 @@ def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Modul
     batch = {"static_batch": settings.static_batch} if settings.static_batch else {}  # choosers of older code lack it
     form = settings.choose(family, info, in_shape, f.module, **batch)
     in_hw = None if settings.dynamic_size or len(in_shape) < 4 else (in_shape[2], in_shape[3])
-    lowered = family.lower(f.module, info, bn, LowerOptions(form, in_hw, settings.static_batch))
+    lowered = family.lower(f.module, info, bn, LowerOptions(form, in_hw, settings.static_batch, settings.channels_last))
     err = None
     if settings.check:
         with torch.no_grad():
@@ -187,6 +188,7 @@ def lower_model(
     check: bool = True,
     progress: bool = False,
     static_batch: int | None = None,
+    channels_last: bool = False,
 ) -> tuple[nn.Module, RewriteReport]:
     """Return a lowered copy of ``model`` (eval mode) and the rewrite report.
 
@@ -194,11 +196,13 @@ def lower_model(
     family offers it, e.g. 'factored' or 'merged'), 'auto' for ``target``'s cost model ('cpu'
     or 'cuda'), or a :class:`~dcd_deploy.lowering.family.FormChooser`. ``static_batch`` is set
     only for a fixed-batch, fixed-size export: families then offer their static-shape forms
-    (the chooser is called with ``static_batch=``), whose graphs run only at that batch. The original model is left untouched.
+    (the chooser is called with ``static_batch=``), whose graphs run only at that batch.
+    ``channels_last`` asks the families for the channels-last variants of their forms (for int8
+    graphs that run in NHWC; see :class:`~dcd_deploy.lowering.family.LowerOptions`). The original model is left untouched.
     """
     from tqdm.auto import tqdm
 
-    settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check)
+    settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check, channels_last)
     model = copy.deepcopy(model).eval()
     found = find_dynamic_layers(model)
     report = RewriteReport([])

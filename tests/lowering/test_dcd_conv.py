@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
+import onnxruntime as ort
 import pytest
 import torch
+from lowered_forms import export_lowered
 from lowering_checks import assert_lowering_parity, build
 from torch import nn
+
+from dcd_deploy.exporting.quantize import node_roles
+from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 from dcd_deploy.lowering import FAMILIES, DcdLayerInfo, Mismatch, find_dynamic_layers, lower_model
 from dcd_deploy.lowering.costmodel import CostChooser
@@ -41,6 +48,32 @@ def test_each_kind_lowers_alone_with_its_batchnorm_folded(layer, dynamic_size):
     assert report and report.layers[0].folded_bn == "2" and isinstance(lowered.get_submodule("1"), LoweredDcdConv)
     assert sum(1 for n in lowered.graph.nodes if n.op == "call_module") == 2  # stem + lowered layer; the BN is gone
     assert_lowering_parity(net, lowered, x)
+
+
+@pytest.mark.parametrize("layer", [conv_dy(16, 24, 3, 2, 1), conv_dy(16, 24, 1, 1, 0), conv_basic_dy(16, 24, 1),
+                                   DYModule(16, 24)], ids=["conv_dy_3x3s2", "conv_dy_1x1", "conv_basic_dy", "DYModule"])
+def test_channels_last_factored_form_computes_the_layer_in_torch_and_onnx(layer):
+    """The int8 variant (pooling-matrix pool, latent product on the channels-last map): the same layer,
+    checked in float64 in PyTorch and against a float64 reference on ONNX Runtime at batches 1 and 3."""
+    torch.manual_seed(0)
+    net = calibrate_batchnorm(nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), layer, nn.BatchNorm2d(24)), 11)
+    x = torch.randn(3, 3, 11, 11)
+    lowered, report = lower_model(net, x[:1], choose_form="factored", channels_last=True)
+    new = lowered.get_submodule("1")
+    assert isinstance(new, LoweredDcdConv) and new.channels_last and new.pool.channels_last
+    assert_lowering_parity(net, lowered, x)
+    graph = export_lowered(lowered, (x[:1],))
+    roles = node_roles(graph)
+    assert list(roles.values()).count("pool") == 1 and list(roles.values()).count("latent") == 1
+    assert not any(n.op_type in ("AveragePool", "GlobalAveragePool") for n in graph.graph.node)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        with torch.no_grad():
+            ref64 = copy.deepcopy(net).double()(x[:batch].double())
+            noise = (net(x[:batch]).double() - ref64).abs().max().item() / ref64.abs().max().item()
+        out = torch.from_numpy(session.run(None, {"in0": x[:batch].numpy()})[0]).double()
+        err = (out - ref64).abs().max().item() / ref64.abs().max().item()
+        assert err <= 1e-5 + 4 * noise, f"batch {batch}: ONNX Runtime relative error {err:.2e} (float32 noise {noise:.2e})"
 
 
 def test_merged_form_is_only_used_for_1x1_stride_1_layers():

@@ -12,7 +12,7 @@ from torch import nn
 
 from dcd_deploy.lowering import lower_model
 from dcd_deploy.lowering.families.dcd_conv import LoweredDcdConv
-from dcd_deploy.lowering.pooling import ExactAdaptiveAvgPool
+from dcd_deploy.lowering.pooling import ExactAdaptiveAvgPool, pooling_matrix
 from dcd_deploy.zoo import list_archs
 from dcd_deploy.zoo.layers import DYCls, DYModule, conv_basic_dy
 
@@ -55,13 +55,25 @@ def test_the_parity_bound_catches_a_small_lowering_error(dynamic_size):
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 9, 14])
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_exact_adaptive_pooling_matches_pytorch(size, dynamic):
+@pytest.mark.parametrize("mode", ["static", "dynamic", "channels_last"])
+def test_exact_adaptive_pooling_matches_pytorch(size, mode):
     x = torch.randn(2, 5, size, size + 1, dtype=torch.float64)
     for out in (1, 2):
-        pool = ExactAdaptiveAvgPool(out, None if dynamic else (size, size + 1))
+        pool = ExactAdaptiveAvgPool(out, None if mode == "dynamic" else (size, size + 1), mode == "channels_last").double()
+        assert pool.channels_last == (mode == "channels_last")
         ref = nn.AdaptiveAvgPool2d(out)(x).flatten(1)
-        torch.testing.assert_close(pool(x), ref, rtol=1e-12, atol=1e-12)
+        tol = 1e-7 if mode == "channels_last" else 1e-12  # the pooling matrix holds 1/|bin| rounded to float32
+        torch.testing.assert_close(pool(x), ref, rtol=tol, atol=tol * float(x.abs().max()))
+
+
+def test_pooling_matrix_rows_are_the_adaptive_bins():
+    m = pooling_matrix(2, 7, 4)  # 7 rows: overlapping bins 0..3 and 3..6; 4 columns: 0..1 and 2..3
+    assert m.shape == (4, 28) and m.dtype == torch.float32
+    torch.testing.assert_close(m.sum(1), torch.ones(4))
+    first = m[0].view(7, 4)
+    assert (first[:4, :2] == 1 / 8).all() and (first[4:] == 0).all() and (first[:, 2:] == 0).all()
+    assert (m[3].view(7, 4)[3:, 2:] == 1 / 8).all()  # row 3 is shared by both row bins
+    assert ExactAdaptiveAvgPool(2, None, channels_last=True).channels_last is False  # needs a known size
 
 
 # --- structural recognition, whatever the family ------------------------------------------------

@@ -31,6 +31,12 @@ With a known input size the latent and output maps are reshaped with constant sh
 the batch dimension; with a dynamic size, M and K are applied by ``shapes.channel_matmul`` (no
 shape arithmetic). The layer's static part is its ``conv`` (W0).
 
+``LowerOptions.channels_last`` (int8 exports of networks without depthwise convolutions, known
+size, factored form): the attention pool is a pooling-matrix product and the latent product is
+``(B, HW, L)·Mᵀ`` on the map read channels-last, so ONNX Runtime, which runs the int8
+convolutions in NHWC, keeps the whole layer in that layout (BENCHMARKS.md, "Int8"). The same
+arithmetic; a float32 runtime would pay real transposes for it, so float exports never use it.
+
 **Cost model.** Both forms do the static convolution's work; they differ in what they add on top.
 
 On the **CPU** (``target="cpu"``), counted per sample in MAC-equivalents:
@@ -218,7 +224,7 @@ def _match_convs(module: nn.Module, f: str, q_name: str, p_name: str) -> tuple[i
 class LoweredDcdConv(LoweredAttention):
     """A DCD convolution as static convolutions, small Gemms and one batched MatMul."""
 
-    def __init__(self, info: DcdLayerInfo, form: str, in_hw: tuple[int, int] | None):
+    def __init__(self, info: DcdLayerInfo, form: str, in_hw: tuple[int, int] | None, channels_last: bool = False):
         super().__init__(info.c_in * info.pool**2, info.squeeze, info.latent, info.c_out)
         if form not in FORMS:
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
@@ -230,7 +236,8 @@ class LoweredDcdConv(LoweredAttention):
         self.in_hw = in_hw
         k, s, pad = info.kernel, info.stride, info.padding
         self.out_hw = None if in_hw is None else tuple((n + 2 * pad - k) // s + 1 for n in in_hw)
-        self.pool = ExactAdaptiveAvgPool(info.pool, in_hw)
+        self.channels_last = channels_last and in_hw is not None and form == "factored"
+        self.pool = ExactAdaptiveAvgPool(info.pool, in_hw, self.channels_last)
         if form == "factored":
             self.conv = nn.Conv2d(info.c_in, info.c_out, k, s, pad, bias=False)
             self.q = nn.Conv2d(info.c_in, info.latent, 1, s, 0)
@@ -245,7 +252,7 @@ class LoweredDcdConv(LoweredAttention):
     @classmethod
     def from_layer(cls, layer: nn.Module, info: DcdLayerInfo, follow_bn: nn.Module | None,
                    options: LowerOptions) -> LoweredDcdConv:
-        new = cls(info, options.form, options.in_hw)
+        new = cls(info, options.form, options.in_hw, options.channels_last)
         L = info.latent
         with torch.no_grad():
             a1, b1 = bn_affine(layer.bn1)
@@ -293,6 +300,10 @@ class LoweredDcdConv(LoweredAttention):
         z = self.q(x)
         if self.out_hw is None:
             z = channel_matmul(m, z)
+        elif self.channels_last:  # (B, HW, L)·Mᵀ on the channels-last map: no layout change in an NHWC runtime
+            h, w = self.out_hw
+            zt = keep_batch_reshape(z.permute(0, 2, 3, 1), (h * w, self.dim))
+            z = keep_batch_reshape(torch.matmul(zt, m.transpose(1, 2)), (h, w, self.dim)).permute(0, 3, 1, 2)
         else:
             h, w = self.out_hw
             z = keep_batch_reshape(torch.matmul(m, keep_batch_reshape(z, (self.dim, h * w))), (self.dim, h, w))
