@@ -6,16 +6,20 @@ values), these ONNX graphs are built from the same model:
 * ``static``: the float32 static twin (each DCD layer replaced by its W0 conv), exported by
   ``dcd_deploy.export``: the reference the ratios are taken against;
 * ``dcd``: the float32 dcd-deploy export (``--form auto``);
-* ``int8``: the dcd-deploy export with every DCD convolution in the factored form (W0, Q and P
-  are static convolutions, so all of them can run in int8; the merged form's W0 lives inside a
-  per-sample kernel and cannot), quantized by ``dcd_deploy.exporting.quantize.quantize_int8`` (QDQ, the static
-  convolutions in int8 and, on networks without depthwise convolutions, the per-sample scale
-  ``Mul``, branch and residual ``Add``, ``Relu`` and ``MaxPool`` between them (the int8 chain),
-  attention, pools and latent products float32), calibrated on ``--calibration``
-  seeded random images of the input size;
+* ``int8``: ``dcd_deploy.export(..., int8=True)``, what ``dcd-deploy export --int8`` writes: every
+  DCD convolution in the factored form (W0, Q and P are static convolutions, so all of them can
+  run in int8; the merged form's W0 lives inside a per-sample kernel and cannot), on networks
+  without depthwise convolutions lowered channels-last (attention pools as pooling-matrix
+  products, the latent product on (B, HW, L)), quantized by
+  ``dcd_deploy.exporting.quantize.quantize_int8`` (QDQ, the static convolutions in int8 and, on
+  networks without depthwise convolutions, the per-sample scale ``Mul``, branch and residual
+  ``Add``, ``Relu``, ``MaxPool`` and the pools between them (the int8 chain), attention Gemms and
+  latent products float32), calibrated on ``--calibration`` seeded random images of the input size;
 * ``int8-static``: the static twin quantized the same way (the floor for int8);
 * ``int8-auto``: the ``--form auto`` float32 export quantized (merged layers stay float32);
-* variants with ``--variants``: ``int8-nochain`` (only the convolutions quantized: every
+* variants with ``--variants``: ``int8-nchw`` (the factored form lowered channels-first, as
+  before the channels-last lowering: float pools and latent products that ONNX Runtime feeds
+  through NHWC↔NCHW transposes), ``int8-nochain`` (only the convolutions quantized: every
   elementwise node between them a float32 island), ``int8-float-latent`` (Q and P convolutions of the factored form
   left in float32), ``int8+dynmm`` (latent MatMuls dynamically quantized), ``int8-s8`` (int8 activations).
 
@@ -54,7 +58,7 @@ from dcd_deploy.zoo import create_model, list_archs
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
 MODELS = {"resnet50_dcd": {}, "resnet18_dcd": {}, "mobilenetv2_dcd": {"fc_squeeze": 16}}
-VARIANTS = {"int8-nochain": {"chain": False}, "int8-float-latent": {"latent_convs": False}, "int8+dynmm": {"dynamic_latent": True},
+VARIANTS = {"int8-nchw": {}, "int8-nochain": {"chain": False}, "int8-float-latent": {"latent_convs": False}, "int8+dynmm": {"dynamic_latent": True},
             "int8-s8": {"activation": "int8"}, "int8-auto": {}}
 
 
@@ -67,7 +71,8 @@ def build_graphs(model: torch.nn.Module, size: int, calibration: int, variants: 
     factored = onnx.load_from_string(_export(model, folder / "factored.onnx", size, form="factored"))
     graphs = {"static": static.SerializeToString(), "dcd": dcd.SerializeToString()}
     log("  quantizing")
-    graphs["int8"] = quantize_int8(factored, cal).SerializeToString()
+    export(model, folder / "int8.onnx", input_size=size, int8=True, calibration=cal, self_check=False)
+    graphs["int8"] = (folder / "int8.onnx").read_bytes()
     graphs["int8-static"] = quantize_int8(static, cal).SerializeToString()
     for name in variants:
         source = dcd if name == "int8-auto" else factored

@@ -20,6 +20,10 @@ written and copied (at batch 8 on a DyConv ResNet-18 that copy was a sixth of th
 (graph rule :func:`dcd_deploy.exporting.graphcheck.conv_weights_are_constant` reads top-level nodes).
 The expansion must run on the exporter's output, before any other tool (onnxsim, shape inference,
 float16 conversion) reads the graph: none of them knows the custom node.
+
+A Loop's body reads tensors of the main graph by name (the sample's input map, the mixing weights),
+which ONNX requires to be defined before the Loop node. Tools that sort a graph by explicit inputs
+only (``onnxruntime.quantization`` does) can break that; :func:`sort_nodes` restores the order.
 """
 
 from __future__ import annotations
@@ -194,3 +198,53 @@ def _without_dead_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list
 def count_loops(model: onnx.ModelProto) -> int:
     """How many per-sample Loops :func:`expand_per_sample_convs` left in ``model``."""
     return sum(1 for node in model.graph.node if node.op_type == "Loop" and node.name.startswith("per_sample_conv_"))
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads from its enclosing scopes: used by its nodes but defined nowhere in it."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        defined.update(node.output)
+        used.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _outer_names(sub)
+    return used - defined
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes topologically, in place, counting the tensors a ``Loop``/``If`` body
+    reads from outside as inputs of that node (ONNX's checker requires them defined before it);
+    ties keep the original order. ``onnxruntime.quantization`` sorts by explicit inputs only."""
+    import heapq
+
+    nodes = list(graph.node)
+    needs = []
+    for node in nodes:
+        inner = set()
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                inner |= _outer_names(sub)
+        needs.append({i for i in node.input if i} | inner)
+    producer = {o: k for k, node in enumerate(nodes) for o in node.output}
+    waiting = [sum(1 for name in need if name in producer) for need in needs]
+    users: dict[int, list[int]] = {}
+    for k, need in enumerate(needs):
+        for name in need:
+            if name in producer:
+                users.setdefault(producer[name], []).append(k)
+    ready = [k for k, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for user in users.get(k, []):
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    if len(order) != len(nodes):  # a cycle: leave the graph as it is for the checker to report
+        return
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)

@@ -18,11 +18,12 @@ one role (:func:`node_roles`):
 * ``latent``      a ``MatMul`` whose two operands are both computed: ``Φ·z`` (factored form) or
                   ``K(x)·x`` with the per-sample kernel (merged form). Float32; ``dynamic_latent``
                   tries ONNX Runtime's dynamic quantization of these products instead.
-* ``pool``        a ``MatMul`` whose LEFT operand is constant: a pooling-matrix product (the attention
-                  pools of channels-last lowerings, ``lowering/pooling.py``). Quantized with the
-                  int8 chain: ONNX Runtime then runs it as a ``QLinearMatMul`` on the int8 NHWC map
-                  (resnet18_dcd batch 1: 0.93× → 0.80× of the float32 static twin with the
-                  channels-last latent product, BENCHMARKS.md); 0 and ``1/|bin|`` are exact in int8.
+* ``pool``        a ``GlobalAveragePool``, or a ``MatMul`` whose LEFT operand is constant: a
+                  pooling-matrix product (the 2×2 attention pools of channels-last lowerings,
+                  ``lowering/pooling.py``). Quantized with the int8 chain: ONNX Runtime then runs
+                  them as ``QLinearGlobalAveragePool`` / ``QLinearMatMul`` on the int8 NHWC map
+                  (with the channels-last latent product, resnet50_dcd batch 1 went from 1.18× to
+                  0.93× of the float32 static twin, BENCHMARKS.md); 0 and ``1/|bin|`` are exact in int8.
 * ``dense``       a ``Gemm``/``MatMul`` with a constant weight: the attention (``fc``, SE, ``Φ`` and
                   ``Λ`` heads, on pooled vectors) and the classifier. Float32: they are a fraction
                   of a percent of the arithmetic (a 2048→1000 classifier is 0.05 % of resnet50_dcd)
@@ -72,6 +73,7 @@ import onnx
 
 from ..errors import InputError
 from ..runtime.onnxfile import input_spec
+from .loops import sort_nodes
 
 METHODS = ("minmax", "entropy", "percentile")
 ROLES = ("conv", "depthwise", "latent_conv", "latent", "pool", "dense", "other")
@@ -113,7 +115,8 @@ def node_roles(model: onnx.ModelProto) -> dict[str, str]:
     for node in model.graph.node:
         if node.op_type == "MatMul" and not any(i in consts for i in node.input):
             roles[node.name] = "latent"
-        elif node.op_type == "MatMul" and node.input[0] in consts and node.input[1] not in consts:
+        elif (node.op_type == "MatMul" and node.input[0] in consts and node.input[1] not in consts
+              or node.op_type == "GlobalAveragePool"):
             roles[node.name] = "pool"
         elif node.op_type in ("Gemm", "MatMul"):
             roles[node.name] = "dense"
@@ -296,6 +299,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray, method: str =
             quantize_dynamic(out, out, op_types_to_quantize=["MatMul"], nodes_to_quantize=latent,
                              extra_options={"MatMulConstBOnly": False})
         quantized = onnx.load(os.fspath(out))
+    sort_nodes(quantized.graph)  # the quantizer may place a Loop before a tensor its body reads
     _stamp(quantized, model, method, len(data), roles, wanted, activation, dynamic_latent, len(chained))
     return quantized
 

@@ -18,15 +18,17 @@ it (about a second). The count takes the map's type with ``CastLike`` (opset 15)
 conversion keeps the graph valid; below opset 15 the bins are averaged by
 ``ReduceMean`` instead.
 
-**Channels-last** (``channels_last=True``, known size; what int8 exports use): the pool is one
-product with a constant pooling matrix, ``P · X`` where X is the map read channels-last as
-(B, H·W, C) and P (out², H·W) holds ``1/|bin|`` on each bin's pixels (overlapping bins included),
-then the (B, out², C) result is flattened channel-major. ONNX Runtime runs its convolutions in int8
-NHWC, so the ``Transpose`` to channels-last cancels against its layout transpose, and the product
-quantizes to one ``QLinearMatMul`` that reads the int8 map where it lies: its int8
-``AveragePool``/``GlobalAveragePool`` kernels cost 3–4 times as much, and a float pool first
-dequantizes, transposes and reorders the whole map (BENCHMARKS.md, "Int8"). The weights 0 and
-``1/|bin|`` (all bins of one pool have the same size) are exact in int8.
+**Channels-last** (``channels_last=True``, known size; what int8 exports use): the 2×2 pool is
+one product with a constant pooling matrix, ``P · X`` where X is the map read channels-last as
+(B, H·W, C) and P (4, H·W) holds ``1/|bin|`` on each bin's pixels (overlapping bins included),
+then the (B, 4, C) result is flattened channel-major (or bin-major, ``bin_major``). ONNX Runtime
+runs its convolutions in int8 NHWC, so the ``Transpose`` to channels-last cancels against its
+layout transpose, and the product quantizes to one ``QLinearMatMul`` that reads the int8 map where
+it lies; ONNX Runtime's int8 ``AveragePool`` runs in NCHW (a transpose of the map first) and costs
+about twice as much, and a float pool first dequantizes, transposes and reorders the whole map
+(BENCHMARKS.md, "Int8"). The weights 0 and ``1/|bin|`` (all bins of one pool have the same size)
+are exact in int8. The 1×1 pool stays a ``GlobalAveragePool``: ONNX Runtime runs its int8 form in
+NHWC, faster than the matrix product.
 """
 
 from __future__ import annotations
@@ -134,25 +136,30 @@ class ExactAdaptiveAvgPool(nn.Module):
     """Adaptive average pool to ``out``×``out`` (1 or 2), flattened channel-major to (B, C·out²).
 
     ``channels_last`` (with a known ``in_hw``): as a product with :func:`pooling_matrix` on the
-    channels-last map (see the module docstring).
+    channels-last map (see the module docstring); with ``bin_major`` too, flattened bin-major
+    (feature ``b·C + c``, no transpose: the consumer's weights are permuted to match).
     """
 
-    def __init__(self, out: int, in_hw: tuple[int, int] | None, channels_last: bool = False):
+    def __init__(self, out: int, in_hw: tuple[int, int] | None, channels_last: bool = False, bin_major: bool = False):
         super().__init__()
         if out not in (1, 2):
             raise ValueError(f"output size {out} is not 1 or 2")
         self.out = out
         self.in_hw = in_hw  # None: dynamic input size
         self.channels_last = channels_last and in_hw is not None
-        if self.channels_last:
+        self.bin_major = self.channels_last and bin_major
+        if self.channels_last and out == 2:  # output 1 stays a GlobalAveragePool (see the module docstring)
             self.register_buffer("matrix", pooling_matrix(out, *in_hw), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_hw is None:
             return _DynamicPool.apply(x, self.out)
-        if self.channels_last:
+        if self.channels_last and self.out == 2:
             h, w = self.in_hw
-            pooled = torch.matmul(self.matrix, keep_batch_reshape(x.permute(0, 2, 3, 1), (h * w, int(x.shape[1]))))
+            c = int(x.shape[1])
+            pooled = torch.matmul(self.matrix, keep_batch_reshape(x.permute(0, 2, 3, 1), (h * w, c)))  # (B, out², C)
+            if self.bin_major:
+                return keep_batch_reshape(pooled, (4 * c,))
             return pooled.transpose(1, 2).flatten(1)
         if self.out == 1:
             return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -76,6 +76,14 @@ def test_pooling_matrix_rows_are_the_adaptive_bins():
     assert ExactAdaptiveAvgPool(2, None, channels_last=True).channels_last is False  # needs a known size
 
 
+def test_bin_major_pool_is_the_channel_major_pool_permuted():
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64)
+    channel_major = ExactAdaptiveAvgPool(2, (7, 6), channels_last=True).double()(x)
+    bin_major = ExactAdaptiveAvgPool(2, (7, 6), channels_last=True, bin_major=True).double()(x)
+    torch.testing.assert_close(bin_major, channel_major.view(2, 5, 4).transpose(1, 2).reshape(2, 20))
+    assert not ExactAdaptiveAvgPool(2, (7, 6), bin_major=True).bin_major  # only channels-last pools are bin-major
+
+
 # --- structural recognition, whatever the family ------------------------------------------------
 
 class CopiedDynamicConv(nn.Module):

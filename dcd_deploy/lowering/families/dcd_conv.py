@@ -237,7 +237,7 @@ class LoweredDcdConv(LoweredAttention):
         k, s, pad = info.kernel, info.stride, info.padding
         self.out_hw = None if in_hw is None else tuple((n + 2 * pad - k) // s + 1 for n in in_hw)
         self.channels_last = channels_last and in_hw is not None and form == "factored"
-        self.pool = ExactAdaptiveAvgPool(info.pool, in_hw, self.channels_last)
+        self.pool = ExactAdaptiveAvgPool(info.pool, in_hw, self.channels_last, bin_major=True)
         if form == "factored":
             self.conv = nn.Conv2d(info.c_in, info.c_out, k, s, pad, bias=False)
             self.q = nn.Conv2d(info.c_in, info.latent, 1, s, 0)
@@ -259,6 +259,9 @@ class LoweredDcdConv(LoweredAttention):
             a2, b2 = bn_affine(layer.bn2)
             g, h = bn_affine(follow_bn) if follow_bn is not None else identity_affine(info.c_out)
             new.fold_attention(layer, a2)
+            if new.pool.bin_major:  # fc reads the pooled features bin-major: feature b·C + c, not c·bins + b
+                bins = info.pool**2
+                new.fc.weight.copy_(new.fc.weight.view(-1, info.c_in, bins).transpose(1, 2).reshape(-1, bins * info.c_in))
             w0 = layer.conv.weight.double() * g.view(-1, 1, 1, 1) / 3.0
             qw = getattr(layer, info.names["q"]).weight.double()[:, :, 0, 0] * a1.view(-1, 1)
             pw = getattr(layer, info.names["p"]).weight.double()[:, :, 0, 0]
