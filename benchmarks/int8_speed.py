@@ -17,6 +17,10 @@ values), these ONNX graphs are built from the same model:
   latent products float32), calibrated on ``--calibration`` seeded random images of the input size;
 * ``int8-static``: the static twin quantized the same way (the floor for int8);
 * ``int8-auto``: the ``--form auto`` float32 export quantized (merged layers stay float32);
+* ``int8-floor`` (``--floor``): a lower bound, not a correct model: the ``int8`` graph with every DCD
+  convolution's low-rank branch (Q, Φ, P) deleted (``static_twin_ratio.floor_model``: the attention
+  pool and MLP, the per-sample scale and the folded bias kept), quantized the same way. No lowering
+  that keeps a per-sample scale and computes the low-rank branch can be faster on these kernels;
 * variants with ``--variants``: ``int8-nchw`` (the factored form lowered channels-first, as
   before the channels-last lowering: float pools and latent products that ONNX Runtime feeds
   through NHWC↔NCHW transposes), ``int8-nochain`` (only the convolutions quantized: every
@@ -28,7 +32,7 @@ round-robin (``dcd_deploy.runtime.timing.measure_interleaved`` with the ``OrtRun
 ``dcd-deploy bench``); the table gives medians and ratios to ``static``. ``--profile MODEL`` prints
 an operator-type profile of that model's ``int8`` and ``dcd`` graphs at batch 1.
 
-    python benchmarks/int8_speed.py                                   # the BENCHMARKS.md table
+    python benchmarks/int8_speed.py --floor                           # the BENCHMARKS.md table
     python benchmarks/int8_speed.py --models resnet18_dcd --batches 1 --runs 10   # a quick look
     python benchmarks/int8_speed.py --models mobilenetv2_dcd --profile mobilenetv2_dcd
 """
@@ -47,8 +51,11 @@ import numpy as np
 import onnx
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the floor network of static_twin_ratio.py
+
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.quantize import quantize_int8
+from dcd_deploy.exporting.stages import int8_runs_channels_last
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime.runners import OrtRunner
 from dcd_deploy.runtime.session import create_session
@@ -63,7 +70,7 @@ VARIANTS = {"int8-nchw": {}, "int8-nochain": {"chain": False}, "int8-float-laten
 
 
 def build_graphs(model: torch.nn.Module, size: int, calibration: int, variants: list[str], folder: Path,
-                 log) -> dict[str, bytes]:
+                 log, floor: bool = False) -> dict[str, bytes]:
     """The float32 and int8 graphs of one network, serialized."""
     cal = np.random.default_rng(7).standard_normal((calibration, 3, size, size), dtype=np.float32)
     static = onnx.load_from_string(_export(static_twin(model), folder / "static.onnx", size))
@@ -73,6 +80,13 @@ def build_graphs(model: torch.nn.Module, size: int, calibration: int, variants: 
     log("  quantizing")
     export(model, folder / "int8.onnx", input_size=size, int8=True, calibration=cal, self_check=False)
     graphs["int8"] = (folder / "int8.onnx").read_bytes()
+    if floor:
+        from static_twin_ratio import floor_model
+
+        lowered = floor_model(model, size, form="factored", channels_last=int8_runs_channels_last(model))
+        export(lowered, folder / "floor.onnx", input_size=size, int8=True, calibration=cal, self_check=False,
+               allow_unlowered=True)
+        graphs["int8-floor"] = (folder / "floor.onnx").read_bytes()
     graphs["int8-static"] = quantize_int8(static, cal).SerializeToString()
     for name in variants:
         source = dcd if name == "int8-auto" else factored
@@ -120,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=30, help="timed rounds at batch 1 (a quarter of them at batch 8)")
     ap.add_argument("--calibration", type=int, default=16, help="seeded random calibration images")
     ap.add_argument("--variants", default="", help=f"extra int8 graphs, comma-separated from {', '.join(VARIANTS)}")
+    ap.add_argument("--floor", action="store_true", help="add int8-floor: the int8 graph with the low-rank branches deleted")
     ap.add_argument("--profile", default="", help="comma-separated models to profile by operator type")
     ap.add_argument("--json", type=Path, help="write the measurements here")
     args = ap.parse_args(argv)
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         model = calibrate_batchnorm(create_model(name, **MODELS.get(name, {})), 64)
         log(f"{name}: exporting")
         with tempfile.TemporaryDirectory() as tmp:
-            graphs = build_graphs(model, args.size, args.calibration, variants, Path(tmp), log)
+            graphs = build_graphs(model, args.size, args.calibration, variants, Path(tmp), log, args.floor)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(batch).standard_normal((batch, 3, args.size, args.size), dtype=np.float32)
             log(f"{name} batch {batch}: measuring {len(graphs)} graphs")

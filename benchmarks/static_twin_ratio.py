@@ -103,11 +103,13 @@ class ScaleOnlyGroupedConv(GroupedDcdConv):
         return self.gated_squeeze(self.pool(x))
 
 
-def floor_model(model: torch.nn.Module, size: int, batch: int | None = None, form: str = "auto") -> torch.nn.Module:
+def floor_model(model: torch.nn.Module, size: int, batch: int | None = None, form: str = "auto",
+                channels_last: bool = False) -> torch.nn.Module:
     """The ``form``-lowered network (with a ``batch``: for that batch only, static-batch forms
-    allowed) with every DCD convolution's low-rank branch deleted: :class:`ScaleOnlyConv` for the
-    portable forms, :class:`ScaleOnlyGroupedConv` for the grouped form."""
-    lowered, _ = lower_model(model, torch.randn(batch or 1, 3, size, size), form, check=False, static_batch=batch)
+    allowed; ``channels_last``: the int8 lowering) with every DCD convolution's low-rank branch
+    deleted: :class:`ScaleOnlyConv` for the portable forms, :class:`ScaleOnlyGroupedConv` for the grouped form."""
+    lowered, _ = lower_model(model, torch.randn(batch or 1, 3, size, size), form, check=False, static_batch=batch,
+                             channels_last=channels_last)
     for module in lowered.modules():
         if isinstance(module, LoweredDcdConv):
             module.__class__ = ScaleOnlyConv

@@ -75,3 +75,14 @@ def test_fit_cost_model_reports_each_layer(tmp_path, capsys):
     assert len(rows) >= 10 and all(r["factored"] > 0 and r["merged"] > 0 for r in rows)
     text = capsys.readouterr().out
     assert "current constants: lose" in text and "constants (2.0, 80.0, 0.0): lose" in text and "least loss" in text
+
+
+def test_int8_speed_with_floor(tmp_path, capsys):
+    int8 = _load("int8_speed")
+    out = tmp_path / "i.json"
+    assert int8.main(["--models", "resnet18_dcd", "--size", "32", "--batches", "1", "--runs", "2", "--calibration", "4",
+                      "--floor", "--variants", "int8-nchw", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["median_s"]) == {"static", "dcd", "int8", "int8-static", "int8-floor", "int8-nchw"}
+    assert all(isinstance(v, float) and v > 0 for v in row["median_s"].values())
+    assert "| resnet18_dcd | 1 | int8-floor |" in capsys.readouterr().out

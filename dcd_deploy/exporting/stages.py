@@ -41,11 +41,11 @@ def example_input(batch: int, hw: tuple[int, int], seed: int = 0) -> torch.Tenso
     return torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(seed))
 
 
-def int8_runs_channels_last(model: nn.Module, options: ExportOptions) -> bool:
-    """Whether the lowering reads maps channels-last: int8 exports of networks without grouped
-    (depthwise) convolutions, where the int8 chain keeps every map in ONNX Runtime's NHWC int8 layout
-    (with float32 depthwise islands the pools would read float maps that a transpose must reorder)."""
-    return options.int8 and not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+def int8_runs_channels_last(model: nn.Module) -> bool:
+    """Whether an int8 export of ``model`` lowers channels-last: networks without grouped (depthwise)
+    convolutions, where the int8 chain keeps every map in ONNX Runtime's NHWC int8 layout (with
+    float32 depthwise islands the pools would read float maps that a transpose must reorder)."""
+    return not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
 def lower(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, RewriteReport]:
@@ -56,7 +56,7 @@ def lower(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, RewriteR
     static_batch = None if options.dynamic_size or options.int8 else options.batch
     lowered, report = lower_model(model, example, choose_form=options.lowering_form, dynamic_size=options.dynamic_size,
                                   target=options.target, progress=options.progress, static_batch=static_batch,
-                                  channels_last=int8_runs_channels_last(model, options))
+                                  channels_last=options.int8 and int8_runs_channels_last(model))
     unknown = {} if options.allow_unlowered else computed_weight_modules(
         model, example_input(2, options.hw), [layer.path for layer in report.layers])
     if (report.not_lowered or unknown) and not options.allow_unlowered:
