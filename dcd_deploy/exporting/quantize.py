@@ -149,7 +149,8 @@ def chain_nodes(model: onnx.ModelProto, roles: dict[str, str], quantized: set[st
 
     ``quantized`` holds the roles quantized anyway. The set is the largest one that is closed: a
     candidate is dropped while one of its consumers is neither an int8 node, a kept candidate nor an
-    attention pool, or its output is a graph output.
+    attention pool, or its output is a graph output. A candidate that reads a tensor a float32
+    convolution also reads is never taken (see :func:`read_by_float_convs`).
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -158,7 +159,8 @@ def chain_nodes(model: onnx.ModelProto, roles: dict[str, str], quantized: set[st
     outputs = {o.name for o in model.graph.output}
     int8 = {name for name, role in roles.items() if role in quantized}
     int8 |= _layout_readers(model, consumers, int8)
-    kept = {n.name for n in model.graph.node if n.op_type in CHAIN_OPS}
+    float_read = read_by_float_convs(model, int8)
+    kept = {n.name for n in model.graph.node if n.op_type in CHAIN_OPS and float_read.isdisjoint(n.input)}
     changed = True
     while changed:
         changed = False
@@ -168,6 +170,15 @@ def chain_nodes(model: onnx.ModelProto, roles: dict[str, str], quantized: set[st
                 kept.discard(node.name)
                 changed = True
     return [n.name for n in model.graph.node if n.name in kept]
+
+
+def read_by_float_convs(model: onnx.ModelProto, int8: set[str]) -> set[str]:
+    """Tensors that a ``Conv`` left in float32 reads. Quantizing another reader of such a tensor puts a
+    DequantizeLinear in front of that convolution, and ONNX Runtime (1.32, from its basic optimization
+    level) then quantizes the float convolution's weights itself, per tensor: on the w025 digits
+    sample (depthwise convolutions with folded BatchNorms) the top-1 fell to chance. So neither the
+    chain nor the pools extend quantization to them."""
+    return {n.input[0] for n in model.graph.node if n.op_type == "Conv" and n.name not in int8}
 
 
 def _layout_readers(model: onnx.ModelProto, consumers: dict[str, list[onnx.NodeProto]], int8: set[str]) -> set[str]:
@@ -279,7 +290,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray, method: str =
         chain = "depthwise" not in roles.values()
     if chain:  # the pools read the int8 maps the chain keeps (channels-last lowerings have them)
         wanted |= {"pool"}
-        nodes += [name for name, role in roles.items() if role == "pool"]
+        float_read = read_by_float_convs(model, set(nodes))
+        nodes += [n.name for n in model.graph.node if roles[n.name] == "pool" and float_read.isdisjoint(n.input)]
     chained = chain_nodes(model, roles, wanted) if chain else []
     by_name = {n.name: n.op_type for n in model.graph.node}
     op_types = sorted({"Conv", *(by_name[name] for name in nodes + chained)})

@@ -16,11 +16,13 @@ from dcd_deploy.errors import InputError
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.quantize import (
     INT8_TOLERANCE,
+    chain_nodes,
     check_inputs,
     compare_int8,
     cosine_per_sample,
     node_roles,
     quantize_int8,
+    read_by_float_convs,
     run_int8_check,
 )
 from dcd_deploy.lowering.static_twin import static_twin
@@ -148,6 +150,31 @@ def test_samples_keep_their_accuracy_in_int8(name, form, tmp_path):
     assert run_int8_check(q, x, f32)  # the documented self-check tolerance holds on real data
     result = evaluate(tmp_path / "int8.onnx", SAMPLES / "digits_heldout.npz")
     assert result.onnx.top1 == top1(i8)
+
+
+@pytest.mark.e2e
+def test_the_chain_forced_on_a_depthwise_network_keeps_its_accuracy(tmp_path):
+    """The int8 chain never quantizes a tensor a float32 (depthwise) convolution reads: when it did,
+    ONNX Runtime quantized those convolutions' weights per tensor itself and w025 fell to chance."""
+    from dcd_deploy.load.model import load_model
+    from dcd_deploy.runtime.labelled import load_labelled, load_samples
+    from dcd_deploy.runtime.onnxfile import input_spec
+
+    export(load_model(SAMPLES / "mobilenetv2_dcd_w025_digits.pth"), tmp_path / "f32.onnx", input_size=48,
+           form="factored", self_check=False)
+    float_model = onnx.load(tmp_path / "f32.onnx")
+    spec = input_spec(float_model)
+    held_out = load_labelled(SAMPLES / "digits_heldout.npz", spec)
+    roles = node_roles(float_model)
+    int8 = {name for name, role in roles.items() if role in ("conv", "latent_conv")}
+    by_name = {n.name: n for n in float_model.graph.node}
+    float_read = read_by_float_convs(float_model, int8)
+    assert len(float_read) == sum(1 for r in roles.values() if r == "depthwise")
+    assert all(float_read.isdisjoint(by_name[n].input) for n in chain_nodes(float_model, roles, {"conv", "latent_conv"}))
+    q = quantize_int8(float_model, load_samples(SAMPLES / "digits_calibration.npz", spec), chain=True)
+    logits = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": held_out.data})[0]
+    assert np.mean(logits.argmax(1) == held_out.labels) >= 0.96  # float32: 98.06 %
 
 
 # ------------------------------------------------------------------------------------------------
