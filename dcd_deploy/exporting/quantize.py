@@ -32,17 +32,21 @@ one role (:func:`node_roles`):
                   shape ops). Float32, except the int8 chain below.
 
 The int8 chain (:func:`chain_nodes`; ``chain=None``, the default, turns it on for graphs without
-depthwise convolutions): a ``Mul``, ``Add``, ``Relu`` or
-``MaxPool`` whose every consumer runs in int8 (a quantized convolution or another chain node; an
-attention pool, which reads a dequantized copy, does not break the chain) is quantized too. ONNX
-Runtime then runs the layer as ``QLinearConv`` → ``QLinearMul`` (per-sample scale) → ``QLinearAdd``
-(the low-rank branch, then the residual) with the ``Relu`` folded into the requantization, all in
+depthwise convolutions): a ``Mul``, ``Add``, ``Relu`` or ``MaxPool`` whose every consumer runs in
+int8 (a quantized convolution, a pool, or another chain node) is quantized too, and so are the
+``pool`` nodes. ONNX Runtime then runs the layer as ``QLinearConv`` → ``QLinearMul`` (per-sample
+scale) → ``QLinearAdd`` (the low-rank branch, then the residual) with the ``Relu`` folded into the
+requantization, and the attention pools as ``QLinearGlobalAveragePool`` / ``QLinearMatMul``, all in
 its NHWC int8 layout, instead of dequantizing to float32 and transposing back to NCHW around every
-convolution (resnet18_dcd / resnet50_dcd: about 15 % faster, BENCHMARKS.md). ``Clip`` (ReLU6) and
-the pools stay float32: ONNX Runtime 1.32's fused int8 pools gave wrong results on a digits sample
-(top-1 at chance; the unfused QDQ graph was right) and the quantizer's ``Clip`` removal did the same.
-Where depthwise convolutions stay float32 (MobileNetV2) the chain cannot span a block, gains
-nothing, and on the w035 digits sample cost 1.4 points of top-1, so ``auto`` leaves it off there.
+convolution. With the channels-last lowering that int8 exports of such networks get
+(``LowerOptions.channels_last``: pooling-matrix pools, the latent product on (B, HW, L)) no map
+leaves that layout (resnet50_dcd batch 1: 1.19× → 0.94–0.99× of the float32 static twin,
+BENCHMARKS.md). Nothing that a float32 convolution also reads is taken into the chain or the pools
+(:func:`read_by_float_convs`): ONNX Runtime would quantize that convolution's weights itself, per
+tensor (the w025 digits sample with the chain forced on fell to chance that way; an earlier note
+blamed the fused pools). ``Clip`` (ReLU6) stays float32: the quantizer's ``Clip`` removal broke the
+digits samples. Where depthwise convolutions stay float32 (MobileNetV2) the chain cannot span a
+block and gains nothing (measured: 0.3 points of top-1 lost on w035), so ``auto`` leaves it off there.
 
 Quantization is ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear /
 DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels), activations uint8 with
