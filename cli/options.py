@@ -52,8 +52,8 @@ def pop_loading(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def parse_input_size(_ctx: Any, _param: Any, value: str | int) -> tuple[int, int]:
     """``224`` or ``224x192`` (height x width) to ``(height, width)``."""
-    from dcd_deploy.runtime.onnxfile import parse_size
     from dcd_deploy.errors import InputError
+    from dcd_deploy.runtime.onnxfile import parse_size
 
     try:
         return parse_size(value)

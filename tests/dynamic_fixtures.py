@@ -16,12 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from sample_models import dynamic_nets  # noqa: E402, F401 - the reference layers, for the family tests
-
 from dcd_deploy import LoadedModel
 from dcd_deploy.inspection import Inspection, inspect_model
 from dcd_deploy.load.checkpoint import Checkpoint
 from dcd_deploy.lowering import FAMILIES, LayerInfo, Mismatch, find_dynamic_layers
+from sample_models import dynamic_nets  # noqa: E402, F401 - the reference layers, for the family tests
 
 DYNAMIC_LAYER_KEYS = {"path", "family", "kind", "c_in", "c_out", "kernel", "stride", "groups", "experts",
                       "attentions", "macs"}

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..errors import AccuracyDrop, InputError
 from ..reporting import json_safe, table, to_json, write_output
-from ..runtime.onnxfile import OnnxFile, read_onnx
-from ..runtime.session import check_available, create_session, parse_providers, short_name
 from ..runtime.inputs import batches
 from ..runtime.labelled import LabelledSet, check_labels, load_labelled
+from ..runtime.onnxfile import OnnxFile, read_onnx
+from ..runtime.session import check_available, create_session, parse_providers, short_name
 
 DEFAULT_BATCH = 32
 TOP_K = 5

@@ -23,10 +23,10 @@ from torch import nn
 
 from ..errors import InputError
 from ..reporting import check_output_path
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, check_shape, load_inputs
 from ..runtime.onnxfile import InputSpec, OnnxFile, read_onnx
 from ..runtime.session import check_available, parse_provider_options, parse_providers, provider_name
 from ..sysinfo import machine, versions
-from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSet, check_shape, load_inputs
 from .localize import localize
 from .metrics import worst_samples
 from .reference import Reference, check_pairing, check_reference_dtype, reference_info, reference_model, run_reference

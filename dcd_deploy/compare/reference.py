@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import InputError, summarize_exception
 from ..load.model import LoadedModel, load_model
-from ..runtime.onnxfile import OnnxFile
 from ..runtime.inputs import batches
+from ..runtime.onnxfile import OnnxFile
 
 REFERENCE_DTYPES = ("float32", "float64")
 # A checkpoint path, a loaded or plain network, or a function that loads one (called only after the

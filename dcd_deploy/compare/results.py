@@ -17,9 +17,9 @@ import numpy as np
 
 from ..errors import ParityFailure
 from ..reporting import json_safe, table, to_json, write_output
+from ..runtime.inputs import InputSet
 from ..runtime.onnxfile import InputSpec
 from ..runtime.session import short_name
-from ..runtime.inputs import InputSet
 from .localize import Localization
 from .metrics import OutputComparison
 from .tolerance import Tolerance

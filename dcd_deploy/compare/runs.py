@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, summarize_exception
+from ..runtime.inputs import batches
 from ..runtime.onnxfile import InputSpec, OnnxFile
 from ..runtime.session import create_session, default_provider_options, device_name
-from ..runtime.inputs import batches
 from .metrics import compare_output
 from .reference import check_outputs
 from .results import ProviderResult

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_OPSET = 17
 LOWEST_OPSET = 13

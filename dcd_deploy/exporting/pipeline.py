@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SelfCheckFailed  # noqa: F401 - where callers of the pipeline look for it
 from ..load.model import LoadedModel
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
 from . import stages
 from .fp16 import to_fp16  # noqa: F401 - the float16 conversion, for callers of the pipeline
 from .graphcheck import op_histogram

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, summarize_exception
-from .onnxfile import InputSpec
 from .inputs import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, check_shape, load_inputs
+from .onnxfile import InputSpec
 
 _LABELS_FIX = "Save the labels beside the samples: np.savez(path, input=x, labels=y), y integer class indices."
 

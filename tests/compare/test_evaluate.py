@@ -9,14 +9,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import assert_user_error
+from conftest import assert_user_error, sample_training_module
 from dcd_deploy_cli.commands.evaluate import command as evaluate_command
 
 from dcd_deploy.compare.accuracy import EvaluationResult, evaluate, score
-from dcd_deploy.runtime.labelled import LabelledSet
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.load.model import load_model
-from conftest import sample_training_module
+from dcd_deploy.runtime.labelled import LabelledSet
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 HELDOUT = SAMPLES / "digits_heldout.npz"

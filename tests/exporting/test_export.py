@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from custom_models import NoBn2
 from dcd_deploy_cli.main import cli
 
 from dcd_deploy.errors import LoweringError, SelfCheckFailed
@@ -25,7 +26,6 @@ from dcd_deploy.load.model import load_model
 from dcd_deploy.lowering import relative_error
 from dcd_deploy.zoo import create_model
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
-from custom_models import NoBn2
 
 SIZE = 48
 

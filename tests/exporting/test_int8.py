@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SMALL_INPUT, build_calibrated
+from conftest import SMALL_INPUT, build_calibrated, sample_training_module
 
 from dcd_deploy.errors import InputError
 from dcd_deploy.exporting.pipeline import export
@@ -26,7 +26,6 @@ from dcd_deploy.exporting.quantize import (
     run_int8_check,
 )
 from dcd_deploy.lowering.static_twin import static_twin
-from conftest import sample_training_module
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 
@@ -127,8 +126,8 @@ def test_bad_calibration_is_a_user_error(small_export):
 def test_samples_keep_their_accuracy_in_int8(name, form, tmp_path):
     """64 training images calibrate; on the 360 held-out digits top-1 stays within 1 point, ≥ 98 % agree."""
     from dcd_deploy.compare.accuracy import evaluate
-    from dcd_deploy.runtime.labelled import load_samples
     from dcd_deploy.load.model import load_model
+    from dcd_deploy.runtime.labelled import load_samples
     from dcd_deploy.runtime.onnxfile import input_spec
 
     train = sample_training_module()
@@ -215,8 +214,8 @@ def test_cli_writes_a_checked_int8_file(run_cli, tmp_path):
     # the check's figures are what ONNX Runtime and the original network give on the same inputs
     import torch
 
-    from dcd_deploy.runtime.labelled import load_samples
     from dcd_deploy.load.model import load_model
+    from dcd_deploy.runtime.labelled import load_samples
 
     x = check_inputs(load_samples(CALIBRATION, model.spec))
     with torch.no_grad():

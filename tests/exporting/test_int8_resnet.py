@@ -13,8 +13,8 @@ import pytest
 from conftest import SMALL_INPUT, build_calibrated
 from family_nets import NETWORKS, SIZE, build
 
-from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.loops import sort_nodes
+from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.quantize import Int8Check, check_inputs, cosine_per_sample, node_roles
 
 DCD_LAYERS = 16  # resnet18_dcd: two conv_basic_dy per BasicBlock, eight blocks

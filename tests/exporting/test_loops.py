@@ -157,9 +157,8 @@ def test_a_pure_expert_mix_forms_each_kernel_inside_the_loop():
 def test_the_loop_form_has_no_batch_frozen_expand(tmp_path):
     """A kernel shared by every sample is expanded by a rule decided from the layer, not by a shape test
     that the exporter would freeze at the example's batch size."""
-    from sample_models import dynamic_nets as dn
-
     from dcd_deploy import export
+    from sample_models import dynamic_nets as dn
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), dn.Dynamic_conv2d(8, 8, 3, padding=1, K=4, bias=False),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()

@@ -7,19 +7,18 @@ import copy
 import onnxruntime as ort
 import pytest
 import torch
+from custom_models import NoBn2
 from lowered_forms import export_lowered
 from lowering_checks import assert_lowering_parity, build
 from torch import nn
 
 from dcd_deploy.exporting.quantize import node_roles
-from dcd_deploy.zoo.calibration import calibrate_batchnorm
-
 from dcd_deploy.lowering import FAMILIES, DcdLayerInfo, Mismatch, find_dynamic_layers, lower_model
 from dcd_deploy.lowering.costmodel import CostChooser
 from dcd_deploy.lowering.families.dcd_conv import LoweredDcdConv, form_costs
 from dcd_deploy.zoo import create_model
+from dcd_deploy.zoo.calibration import calibrate_batchnorm
 from dcd_deploy.zoo.layers import DYModule, conv_basic_dy, conv_dy
-from custom_models import NoBn2
 
 # --- must rewrite ------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from dcd_deploy.runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, batches, input_spec, load_inputs, parse_size
 from dcd_deploy.errors import InputError
+from dcd_deploy.runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, batches, input_spec, load_inputs, parse_size
 
 
 def graph(shape, elem=TensorProto.FLOAT, size: str | None = None, extra_input: bool = False) -> onnx.ModelProto:
