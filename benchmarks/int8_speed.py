@@ -40,9 +40,7 @@ an operator-type profile of that model's ``int8`` and ``dcd`` graphs at batch 1.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -51,14 +49,14 @@ import numpy as np
 import onnx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the floor network of static_twin_ratio.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ort_profile.py and static_twin_ratio.py beside it
+from ort_profile import op_profile
 
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.quantize import quantize_int8
 from dcd_deploy.exporting.stages import int8_runs_channels_last
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime.runners import OrtRunner
-from dcd_deploy.runtime.session import create_session
 from dcd_deploy.runtime.timing import measure_interleaved
 from dcd_deploy.sysinfo import machine, versions
 from dcd_deploy.zoo import create_model, list_archs
@@ -107,24 +105,6 @@ def measure(graphs: dict[str, bytes], x: np.ndarray, threads: int, runs: int) ->
     return {r.label: (r.stats.p50 if r.stats else f"skipped: {r.skipped}") for r in results}
 
 
-def profile(data: bytes, size: int, threads: int, runs: int = 20) -> dict[str, tuple[float, int]]:
-    """Kernel time per run (ms) and node count by operator type, batch 1."""
-    with tempfile.TemporaryDirectory() as tmp:
-        session = create_session(data, "cpu", threads=threads, spinning=False, profile_prefix=os.path.join(tmp, "p"))
-        x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-        for _ in range(runs):
-            session.run(None, {session.get_inputs()[0].name: x})
-        with open(session.end_profiling()) as f:
-            events = json.load(f)
-    time_by: collections.Counter = collections.Counter()
-    count: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            time_by[e["args"]["op_name"]] += e["dur"]
-            count[e["args"]["op_name"]] += 1
-    return {op: (us / runs / 1000, count[op] // runs) for op, us in time_by.most_common()}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -167,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"].append({"model": name, "batch": batch, "median_s": medians})
         if name in args.profile.split(","):
             for label in ("int8", "dcd"):
-                table = profile(graphs[label], args.size, args.threads)
+                table = op_profile(graphs[label], 1, args.size, args.threads, runs=20)
                 total = sum(ms for ms, _ in table.values())
                 print(f"\n{name} {label}, batch 1: kernel time per run {total:.2f} ms by operator type")
                 print("| op | ms | share | nodes |\n|---|---|---|---|")

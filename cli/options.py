@@ -11,6 +11,13 @@ import click
 from dcd_deploy.errors import DcdDeployError, Interrupted
 
 
+def apply_options(f: Callable, options: list[Callable]) -> Callable:
+    """``f`` decorated with ``options`` (click decorators), listed in the order ``--help`` shows them."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def loading_options(f: Callable) -> Callable:
     """How to build the network a checkpoint needs (all optional: inferred from the file)."""
     options = [
@@ -26,9 +33,7 @@ def loading_options(f: Callable) -> Callable:
         click.option("--trust-pickle", is_flag=True,
                      help="Allow checkpoints that are whole pickled modules (unpickling runs code from the file)."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return apply_options(f, options)
 
 
 def load_from_options(checkpoint: str, arch: str | None, width_mult: float | None, fc_squeeze: int | None,

@@ -11,6 +11,7 @@ from dcd_deploy.bench.settings import DEFAULT_NAIVE_EXPORTER, DEFAULT_RUNS, DEFA
 
 from ..options import (
     LOADING_KEYS,
+    apply_options,
     load_from_options,
     loading_options,
     normalisation_options,
@@ -64,9 +65,7 @@ def _measure_options(f: Callable) -> Callable:
         click.option("--int8", is_flag=True, help="Ask for the int8 rows explicitly (needs --calibration)."),
         normalisation_options,
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return apply_options(f, options)
 
 
 def _report_options(f: Callable) -> Callable:
@@ -80,9 +79,7 @@ def _report_options(f: Callable) -> Callable:
         click.option("--no-progress", is_flag=True,
                      help="No progress (a bar on a terminal, else one line per stage and row on stderr)."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return apply_options(f, options)
 
 
 def _subject(source: str, loading: dict[str, Any]) -> Any:

@@ -28,6 +28,8 @@ only (``onnxruntime.quantization`` does) can break that; :func:`sort_nodes` rest
 
 from __future__ import annotations
 
+import heapq
+
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -217,8 +219,6 @@ def sort_nodes(graph: onnx.GraphProto) -> None:
     """Order ``graph``'s nodes topologically, in place, counting the tensors a ``Loop``/``If`` body
     reads from outside as inputs of that node (ONNX's checker requires them defined before it);
     ties keep the original order. ``onnxruntime.quantization`` sorts by explicit inputs only."""
-    import heapq
-
     nodes = list(graph.node)
     needs = []
     for node in nodes:

@@ -147,7 +147,7 @@ class ExactAdaptiveAvgPool(nn.Module):
         self.out = out
         self.in_hw = in_hw  # None: dynamic input size
         self.channels_last = channels_last and in_hw is not None
-        self.bin_major = self.channels_last and bin_major
+        self.bin_major = self.channels_last and bin_major and out == 2  # one bin: both orders are the same
         if self.channels_last and out == 2:  # output 1 stays a GlobalAveragePool (see the module docstring)
             self.register_buffer("matrix", pooling_matrix(out, *in_hw), persistent=False)
 

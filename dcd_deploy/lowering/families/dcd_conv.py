@@ -259,9 +259,8 @@ class LoweredDcdConv(LoweredAttention):
             a2, b2 = bn_affine(layer.bn2)
             g, h = bn_affine(follow_bn) if follow_bn is not None else identity_affine(info.c_out)
             new.fold_attention(layer, a2)
-            if new.pool.bin_major:  # fc reads the pooled features bin-major: feature b·C + c, not c·bins + b
-                bins = info.pool**2
-                new.fc.weight.copy_(new.fc.weight.view(-1, info.c_in, bins).transpose(1, 2).reshape(-1, bins * info.c_in))
+            if new.pool.bin_major:  # fc reads the 2×2-pooled features bin-major: feature b·C + c, not c·4 + b
+                new.fc.weight.copy_(new.fc.weight.view(-1, info.c_in, 4).transpose(1, 2).reshape(-1, 4 * info.c_in))
             w0 = layer.conv.weight.double() * g.view(-1, 1, 1, 1) / 3.0
             qw = getattr(layer, info.names["q"]).weight.double()[:, :, 0, 0] * a1.view(-1, 1)
             pw = getattr(layer, info.names["p"]).weight.double()[:, :, 0, 0]
