@@ -60,8 +60,10 @@ def lower(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, RewriteR
     unknown = {} if options.allow_unlowered else computed_weight_modules(
         model, example_input(2, options.hw), [layer.path for layer in report.layers])
     if (report.not_lowered or unknown) and not options.allow_unlowered:
-        details = "; ".join([f"{layer.path}: {layer.reason}" for layer in report.not_lowered]
-                            + [f"{path or '<root>'}: {why}" for path, why in unknown.items()])
+        by_reason: dict[str, list[str]] = {}  # one reason shared by many layers is said once
+        for path, why in [(layer.path, layer.reason) for layer in report.not_lowered] + list(unknown.items()):
+            by_reason.setdefault(why, []).append(path or "<root>")
+        details = "; ".join(f"{', '.join(paths)}: {why}" for why, paths in by_reason.items())
         raise LoweringError(
             f"{len(report.not_lowered) + len(unknown)} layer(s) look dynamic but were not lowered, so the export would not be "
             f"what you expect ({details}).",

@@ -172,6 +172,10 @@ def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Modul
             if bn is not None:
                 ref = bn(ref)
             err = relative_error(lowered(*call.args, **call.kwargs), ref)
+        if not torch.isfinite(ref).all():
+            reason = ("the original network computes NaN or inf at this layer on the example input, so the rewrite "
+                      "cannot be checked: its weights or BatchNorm statistics are broken (an untrained or diverged network?)")
+            return None, LayerRewrite(f.path, f.family, info.kind, False, reason, info, in_shape=in_shape, check_error=err)
         if not err <= LAYER_CHECK_RTOL:
             reason = (f"structure matches but outputs differ from the {family.layer_title} computation (relative error "
                       f"{err:.2e}); its forward() is not the reference one")

@@ -117,6 +117,23 @@ def test_an_unrecognised_dynamic_convolution_stops_before_the_exporter(tmp_path)
     assert not out.exists()
 
 
+def test_a_network_that_computes_nan_is_named_as_broken_once(tmp_path):
+    """Weights that make the original compute NaN: every DCD layer fails its check for that one reason,
+    said once for all of them, not "its forward() is not the reference one" per layer."""
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(create_model("mobilenetv2_dcd", num_classes=10, width_mult=0.25, fc_squeeze=8), SIZE)
+    with torch.no_grad():
+        model.features[0][0].weight.fill_(float("nan"))  # the stem: every layer after it sees NaN
+    ckpt = tmp_path / "nan.pth"
+    torch.save({"arch": "mobilenetv2_dcd", "state_dict": model.state_dict()}, ckpt)
+    out = tmp_path / "nan.onnx"
+    res = run_cli("export", str(ckpt), "-o", str(out), "--input-size", str(SIZE))
+    terminal = joined(res.stdout + res.stderr)
+    assert_one_paragraph(res.stdout + res.stderr, res.returncode, 2)
+    assert terminal.count("computes NaN or inf") == 1 and "untrained or diverged" in terminal
+    assert "not the reference one" not in terminal and not out.exists()
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_exporter_failure_is_one_paragraph_and_names_the_log(tmp_path, quiet):
     """With --allow-unlowered the unrecognised layer reaches torch.onnx, which fails: one paragraph + a log."""
