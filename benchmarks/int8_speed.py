@@ -30,7 +30,7 @@ values), these ONNX graphs are built from the same model:
 All sessions run on ONNX Runtime's CPU provider, ``--threads`` threads, spinning off, interleaved
 round-robin (``dcd_deploy.runtime.timing.measure_interleaved`` with the ``OrtRunner`` of
 ``dcd-deploy bench``); the table gives medians and ratios to ``static``. ``--profile MODEL`` prints
-an operator-type profile of that model's ``int8`` and ``dcd`` graphs at batch 1.
+an operator-type profile of that model's ``int8``, ``int8-nchw`` (when asked for), ``int8-static`` and ``dcd`` graphs at batch 1.
 
     python benchmarks/int8_speed.py --floor                           # the BENCHMARKS.md table
     python benchmarks/int8_speed.py --models resnet18_dcd --batches 1 --runs 10   # a quick look
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {batch} | {label} | {cells} |", flush=True)
             results["rows"].append({"model": name, "batch": batch, "median_s": medians})
         if name in args.profile.split(","):
-            for label in ("int8", "dcd"):
+            for label in [g for g in ("int8", "int8-nchw", "int8-static", "dcd") if g in graphs]:
                 table = op_profile(graphs[label], 1, args.size, args.threads, runs=20)
                 total = sum(ms for ms, _ in table.values())
                 print(f"\n{name} {label}, batch 1: kernel time per run {total:.2f} ms by operator type")

@@ -86,3 +86,12 @@ def test_int8_speed_with_floor(tmp_path, capsys):
     assert set(row["median_s"]) == {"static", "dcd", "int8", "int8-static", "int8-floor", "int8-nchw"}
     assert all(isinstance(v, float) and v > 0 for v in row["median_s"].values())
     assert "| resnet18_dcd | 1 | int8-floor |" in capsys.readouterr().out
+
+
+def test_int8_elementwise_times_every_variant(capsys):
+    elementwise = _load("int8_elementwise")
+    assert elementwise.main(["--shape", "1,4,4,8", "--runs", "2"]) == 0
+    table = capsys.readouterr().out
+    for variant in ("QLinearMul NHWC broadcast", "QLinearMul NCHW broadcast", "QLinearMul same shape", "float DQ + Mul + Q"):
+        assert f"| {variant} |" in table
+    assert "| QLinearMul same shape | " in table and "| 1.00× |" in table
