@@ -49,6 +49,22 @@ class OutputComparison:
     min_rtol: float | None
     worst: dict[str, Any] | None
     samples: int
+    noise: float | None = None  # the original's own float32 error against float64 (default tolerance only)
+
+    @property
+    def relative_error(self) -> float | None:
+        """``max|o − r| / max|r|`` (the self-check's measure; the absolute error when r is all zero)."""
+        if self.max_abs_error is None:
+            return None
+        return self.max_abs_error / self.ref_scale if self.ref_scale > 0 else self.max_abs_error
+
+    def allowance(self) -> str | None:
+        """With a noise-aware default tolerance: the file's and the original's float32 error, and what is allowed."""
+        if self.noise is None or self.relative_error is None:
+            return None
+        allowed = self.atol / self.ref_scale if self.ref_scale > 0 else self.atol
+        return (f"relative to max|ref|: file {self.relative_error:.1e}, original float32 {self.noise:.1e}, "
+                f"allowed {allowed:.1e}")
 
     @property
     def finite(self) -> bool:
@@ -79,8 +95,9 @@ class OutputComparison:
     def to_dict(self) -> dict[str, Any]:
         return json_safe({
             "name": self.name, "shape": list(self.shape), "passed": self.passed, "reason": self.reason(),
-            "tolerance": {"atol": self.atol, "rtol": self.rtol, "rule": self.tolerance_rule, "ref_max_abs": self.ref_scale},
-            "max_abs_error": self.max_abs_error, "mean_abs_error": self.mean_abs_error,
+            "tolerance": {"atol": self.atol, "rtol": self.rtol, "rule": self.tolerance_rule, "ref_max_abs": self.ref_scale,
+                          "original_float32_error": self.noise},
+            "relative_error": self.relative_error, "max_abs_error": self.max_abs_error, "mean_abs_error": self.mean_abs_error,
             "max_rel_error": self.max_rel_error, "cosine_similarity_min": self.cosine_min,
             "top1_agreement": self.top1_agreement, "top5_overlap": self.top5_overlap, "topk": self.topk,
             "nan": self.nan, "inf": self.inf, "reference_nan": self.ref_nan, "reference_inf": self.ref_inf,
@@ -157,7 +174,7 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, toleran
         name=name, shape=tuple(ref.shape), atol=atol, rtol=rtol, tolerance_rule=tolerance.rule(), ref_scale=scale,
         nan=int(np.isnan(out).sum()), inf=int(np.isinf(out).sum()),
         ref_nan=int(np.isnan(ref).sum()), ref_inf=int(np.isinf(ref).sum()),
-        violations=int(((diff > allowed) & both).sum() + (~both).sum()), samples=n, **found,
+        violations=int(((diff > allowed) & both).sum() + (~both).sum()), samples=n, noise=tolerance.noise, **found,
     )
 
 

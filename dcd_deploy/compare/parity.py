@@ -29,7 +29,7 @@ from ..runtime.session import check_available, parse_provider_options, parse_pro
 from ..sysinfo import machine, versions
 from .localize import localize
 from .metrics import worst_samples
-from .reference import Reference, check_pairing, check_reference_dtype, reference_info, reference_model, run_reference
+from .reference import Reference, check_pairing, check_reference_dtype, evaluate_reference, reference_info, reference_model
 from .results import ParityResult, ProviderResult  # noqa: F401 - ProviderResult is part of this module's API
 from .runs import ProviderRun, run_provider
 from .saveio import check_save_io, save_io
@@ -56,7 +56,7 @@ class ParityOptions:
     seed: int = 0
     atol: float | None = None
     rtol: float | None = None
-    reference_dtype: str = "float32"
+    reference_dtype: str | None = None  # None: float64, or float32 with a note where the network cannot run in it
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     input_size: tuple[int, int] | None = None
@@ -137,17 +137,19 @@ def check_parity(model: str | os.PathLike | OnnxFile, reference: Reference, opti
     notes = check_pairing(onnx_file.metadata, loaded)
     if data.available is not None and data.available > data.count:
         notes.append(f"used the first {data.count} of the {data.available} samples in {data.path or 'the input array'}")
-    ref_outputs = run_reference(module, data.data, run_batch, opts.reference_dtype)
+    ref = evaluate_reference(module, data.data, run_batch, opts.reference_dtype)
+    notes += [ref.note] if ref.note else []
+    ref_outputs = ref.outputs
     given = opts.options_by_provider()
-    runs = [run_provider(onnx_file, name, given.get(name, {}), data.data, run_batch, ref_outputs, opts.atol, opts.rtol)
-            for name in names]
+    runs = [run_provider(onnx_file, name, given.get(name, {}), data.data, run_batch, ref_outputs, opts.atol, opts.rtol,
+                         ref.noise) for name in names]
     result = ParityResult(onnx_file.path, onnx_file.precision, onnx_file.spec, data, run_batch,
-                          reference_info(loaded, module, opts.reference_dtype, onnx_file), [r.result for r in runs],
+                          reference_info(loaded, module, ref.dtype, onnx_file, ref.noise), [r.result for r in runs],
                           notes, localized=opts.localize, machine=machine(),
                           versions={**versions(), "onnxruntime_available_providers":
                                     ",".join(onnxruntime.get_available_providers())})
     if opts.localize:
-        _localize_failures(result, runs, onnx_file, module, data.data, ref_outputs, opts.reference_dtype)
+        _localize_failures(result, runs, onnx_file, module, data.data, ref_outputs, ref.dtype)
     _write_outputs(result, runs, data.data, ref_outputs, opts)
     return result
 

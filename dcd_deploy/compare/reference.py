@@ -1,7 +1,9 @@
 """The reference side of a parity check: the ORIGINAL PyTorch network and what it computes.
 
 The reference is the network built from the checkpoint (not the lowered one), evaluated in
-float32 or, on request, float64. Before it runs, :func:`check_pairing` compares the ONNX file's
+float64 by default (float32 on request, or with a note when the network cannot run in float64:
+:func:`float64_twin`), and in float32 too, so the default tolerance can allow the original's own
+float32 error (:func:`dcd_deploy.compare.tolerance.noise_allowance`). Before it runs, :func:`check_pairing` compares the ONNX file's
 export metadata with the checkpoint, so a checkpoint of another network is a usage error rather
 than a parity failure.
 """
@@ -9,6 +11,7 @@ than a parity failure.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -18,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, summarize_exception
+from ..errors import InputError, raise_if_interrupted, summarize_exception
 from ..load.model import LoadedModel, load_model
 from ..runtime.inputs import batches
 from ..runtime.onnxfile import OnnxFile
 
-REFERENCE_DTYPES = ("float32", "float64")
+REFERENCE_DTYPES = ("float32", "float64")  # None (the default): float64 where the network runs in it
 # A checkpoint path, a loaded or plain network, or a function that loads one (called only after the
 # ONNX file and the inputs have been checked, so the cheap checks fail first).
 Reference = Union[str, os.PathLike, LoadedModel, nn.Module, Callable[[], LoadedModel | nn.Module]]
@@ -31,8 +34,8 @@ _PAIRING_FIX = ("Pass the checkpoint the ONNX file was exported from, or re-expo
                 "`dcd-deploy export`.")
 
 
-def check_reference_dtype(dtype: str) -> None:
-    if dtype not in REFERENCE_DTYPES:
+def check_reference_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in REFERENCE_DTYPES:
         raise InputError(f"--reference {dtype} is not a reference precision.", "Use float32 or float64.")
 
 
@@ -48,10 +51,12 @@ def reference_model(reference: Reference, load_options: dict[str, Any] | None = 
     return loaded, loaded.model
 
 
-def reference_info(loaded: LoadedModel | None, module: nn.Module, dtype: str, onnx_file: OnnxFile) -> dict[str, Any]:
-    """What the reference was, for the report."""
+def reference_info(loaded: LoadedModel | None, module: nn.Module, dtype: str, onnx_file: OnnxFile,
+                   noise: list[float] | None = None) -> dict[str, Any]:
+    """What the reference was, for the report (``noise``: its float32 error against float64, per output)."""
     return {
         "dtype": dtype,
+        "float32_error": noise,
         "arch": loaded.arch if loaded else type(module).__qualname__,
         "options": loaded.options if loaded else None,
         "checkpoint": str(loaded.checkpoint.path) if loaded and loaded.checkpoint.path else None,
@@ -71,24 +76,90 @@ def _flatten(out: Any) -> list[torch.Tensor]:
                      "Its forward() must return a tensor (or a tuple of tensors) like the exported graph.")
 
 
-def run_reference(model: nn.Module, data: np.ndarray, batch: int, dtype: str) -> list[np.ndarray]:
-    """The original model's outputs on ``data`` (float32 or float64), ``batch`` samples at a time."""
-    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    model = (copy.deepcopy(model).double() if dtype == "float64" else model).eval()
+class Float64Unavailable(Exception):
+    """The original network cannot be evaluated in float64; ``str()`` says why (for a note)."""
+
+
+def float64_twin(model: nn.Module) -> nn.Module:
+    """A float64 deep copy of ``model`` in eval mode; :class:`Float64Unavailable` when it cannot be made."""
+    try:
+        return copy.deepcopy(model).double().eval()
+    except Exception as exc:  # noqa: BLE001 - any failure to copy means: no float64 evaluation
+        raise_if_interrupted()
+        raise Float64Unavailable(f"it cannot be copied to float64 ({summarize_exception(exc, limit=200)})") from None
+
+
+def run_float64(model: nn.Module, run: Callable[[nn.Module], Any]) -> Any:
+    """``run(float64 copy of model)``; :class:`Float64Unavailable` when the copy or the run fails (a
+    module that makes float32 tensors inside forward(), an op without a float64 kernel, ...)."""
+    twin = float64_twin(model)
+    try:
+        with torch.no_grad():
+            return run(twin)
+    except Exception as exc:  # noqa: BLE001 - the fallback is the float32 evaluation, with this reason
+        raise_if_interrupted()
+        raise Float64Unavailable(f"it does not run in float64 ({summarize_exception(exc, limit=200)})") from None
+
+
+def _evaluate(model: nn.Module, data: np.ndarray, batch: int, torch_dtype: torch.dtype) -> list[np.ndarray]:
     chunks: list[list[np.ndarray]] = []
     with torch.no_grad():
         for start, stop in batches(len(data), batch):
             x = torch.from_numpy(np.ascontiguousarray(data[start:stop])).to(torch_dtype)
-            try:
-                outs = _flatten(model(x))
-            except RuntimeError as exc:
-                raise InputError(
-                    f"The PyTorch model from the checkpoint does not run on inputs of shape {tuple(x.shape)}: "
-                    f"{summarize_exception(exc)}.",
-                    "The checkpoint does not match the ONNX model's input; pass the checkpoint it was exported from.",
-                ) from None
-            chunks.append([o.detach().cpu().numpy() for o in outs])
+            chunks.append([o.detach().cpu().numpy() for o in _flatten(model(x))])
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def run_reference(model: nn.Module, data: np.ndarray, batch: int, dtype: str) -> list[np.ndarray]:
+    """The original model's outputs on ``data`` (float32 or float64), ``batch`` samples at a time.
+
+    A float32 run that fails is an :class:`InputError` (the checkpoint does not fit the inputs); a
+    float64 run that fails raises :class:`Float64Unavailable`.
+    """
+    if dtype == "float64":
+        return run_float64(model, lambda twin: _evaluate(twin, data, batch, torch.float64))
+    try:
+        return _evaluate(model.eval(), data, batch, torch.float32)
+    except RuntimeError as exc:
+        shape = (min(batch, len(data)), *data.shape[1:])
+        raise InputError(
+            f"The PyTorch model from the checkpoint does not run on inputs of shape {shape}: "
+            f"{summarize_exception(exc)}.",
+            "The checkpoint does not match the ONNX model's input; pass the checkpoint it was exported from.",
+        ) from None
+
+
+@dataclasses.dataclass
+class ReferenceRun:
+    """The original's outputs in the reference precision, and its own float32 error per output."""
+
+    dtype: str  # the precision ``outputs`` were evaluated in: float64, or float32
+    outputs: list[np.ndarray]
+    noise: list[float] | None  # per output: max|float32 − float64| / max|float64|; None without float64
+    note: str | None = None  # why float64 was not used, when it was asked for by default
+
+
+def evaluate_reference(model: nn.Module, data: np.ndarray, batch: int, dtype: str | None) -> ReferenceRun:
+    """The original's outputs in ``dtype`` (``None``: float64, else float32 with a note) and, whenever it
+    runs in float64, its float32 error against float64 (:class:`ReferenceRun`). An explicit ``float64``
+    that cannot run is an :class:`InputError`; a failing float32 run is one anyway."""
+    from ..lowering import relative_error
+
+    out32 = run_reference(model, data, batch, "float32")
+    try:
+        out64 = run_reference(model, data, batch, "float64")
+    except Float64Unavailable as why:
+        if dtype == "float64":
+            raise InputError(f"--reference float64: the original PyTorch network cannot be evaluated in float64: {why}.",
+                             "Use --reference float32 (the default tolerances are then fixed).") from None
+        note = None if dtype == "float32" else (
+            f"the original PyTorch network was evaluated in float32 only, since {why}; the default tolerance is "
+            "the fixed one, without the allowance for its own float32 error")
+        return ReferenceRun("float32", out32, None, note)
+    noise = [relative_error(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(out32, out64)]
+    if dtype == "float32":
+        return ReferenceRun("float32", out32, noise)
+    return ReferenceRun("float64", out64, noise)
 
 
 def check_pairing(meta: dict[str, str], loaded: LoadedModel | None) -> list[str]:

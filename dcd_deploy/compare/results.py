@@ -22,7 +22,7 @@ from ..runtime.onnxfile import InputSpec
 from ..runtime.session import short_name
 from .localize import Localization
 from .metrics import OutputComparison
-from .tolerance import Tolerance
+from .tolerance import NOISE_FACTOR, Tolerance
 
 SCHEMA = "dcd-deploy/parity/1"
 TABLE_HEADER = ["provider", "output", "max abs", "max rel", "mean abs", "cos min", "top-1", "top-5",
@@ -131,6 +131,9 @@ class ParityResult:
             f"inputs: {self.inputs.describe()}; batch {self.batch}",
             *(f"  {p.describe()}" for p in self.providers),
             "", table(TABLE_HEADER, [row for p in self.providers for row in p.rows()]), "",
+            *(f"{p.short}/{o.name} {o.allowance()} (default tolerance: rtol and atol/max|ref| are "
+              f"max(the {p.precision} default, {NOISE_FACTOR:g} × the original's float32 error against float64))"
+              for p in self.providers for o in p.outputs if o.allowance()),
             *(f"note: {note}" for note in self.notes),
         ]
         for loc in self.localizations:

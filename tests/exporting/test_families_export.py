@@ -18,6 +18,7 @@ import pytest
 import torch
 from family_nets import NETWORKS, REPO_ROOT, SIZE, build
 
+from dcd_deploy.compare.tolerance import noise_allowance
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.result import SELF_CHECK_RTOL
 from dcd_deploy.lowering import relative_error
@@ -29,7 +30,7 @@ def float64_bound(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, 
     with torch.no_grad():
         out64 = ref(x.double())
         noise = relative_error(model(x.float()), out64)
-    return out64.numpy(), max(1e-4, 10 * noise)
+    return out64.numpy(), noise_allowance(SELF_CHECK_RTOL["float32"], noise)
 
 
 def run_onnx(path, x: torch.Tensor) -> np.ndarray:
