@@ -28,6 +28,7 @@ from .load.model import LoadedModel
 from .lowering import FAMILIES, DcdLayerInfo, LayerInfo, find_dynamic_layers
 from .lowering.computed_weights import computed_weight_modules
 from .reporting import table
+from .runtime.inputs import check_input_memory
 
 
 @dataclasses.dataclass
@@ -246,6 +247,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dic
     return counter.get_total_flops() // 2, per_module
 
 
+MAC_SAMPLES = 2  # the samples an inspection runs at --input-size (one for the MACs, two for the layer check)
+
+
 def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) -> Inspection:
     """Describe ``loaded``: architecture, options, parameters, MACs at ``input_size`` and its DCD layers.
 
@@ -256,6 +260,7 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
         raise InputError(f"Input size {h}×{w} is empty.", "Pass a positive --input-size, e.g. 224.")
     model = loaded.model
     input_shape = (1, _first_conv_channels(model), h, w)
+    check_input_memory(MAC_SAMPLES, input_shape[1], (h, w), 4, "the inputs of the MAC count")
     try:
         macs, per_module = count_macs(model, input_shape)
     except Exception as exc:  # noqa: BLE001 - the network's own error says why the size does not fit

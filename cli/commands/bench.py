@@ -109,10 +109,11 @@ def command(source: str, json_path: str | None, markdown_path: str | None, html_
     """
     from dcd_deploy.bench.progress import progress_printer
     from dcd_deploy.bench.report import check_report_paths, render_table, write_reports
-    from dcd_deploy.bench.run import bench
+    from dcd_deploy.bench.run import bench, check_bench_inputs
 
     reports = {"json": json_path, "markdown": markdown_path, "html": html_path}
     check_report_paths(**reports)
+    check_bench_inputs(options["batches"], options["input_size"])  # before the checkpoint is loaded
     subject = _subject(source, pop_loading(options))
     progress = progress_printer(enabled=not no_progress)
     try:

@@ -21,8 +21,10 @@ def command(checkpoint: str, input_size: tuple[int, int], as_json: bool, **kwarg
     Without --arch, the architecture and its options are inferred from the checkpoint's keys and
     shapes; with --arch, the options given are checked against the file.
     """
-    from dcd_deploy.inspection import inspect_model
+    from dcd_deploy.inspection import MAC_SAMPLES, inspect_model
+    from dcd_deploy.runtime.inputs import check_input_memory
 
+    check_input_memory(MAC_SAMPLES, 3, input_size, 4, "the inputs of the MAC count")  # before loading
     loaded = load_from_options(checkpoint, **pop_loading(kwargs))
     result = inspect_model(loaded, input_size=input_size)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())

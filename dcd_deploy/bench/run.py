@@ -39,6 +39,7 @@ from ..exporting.stages import load_calibration
 from ..load.model import LoadedModel
 from ..lowering import relative_error
 from ..lowering.costmodel import TARGETS
+from ..runtime.inputs import check_input_memory
 from ..runtime.onnxfile import parse_size
 from ..runtime.runners import GPU_PROVIDERS, TORCH_DEVICES, OrtRunner, TorchRunner, ort_missing, torch_missing
 from ..runtime.session import device_name, parse_providers, provider_name, short_name
@@ -93,9 +94,17 @@ def bench(
     if int8 and calibration is None:
         raise InputError("--int8 needs calibration data to quantize the int8 rows.",
                          "Pass --calibration DATA (an .npz with 'input', or an image folder with --mean/--std).")
+    check_bench_inputs(settings.batches, input_size)
     int8_data = (calibration, mean, std) if calibration is not None else None
     with torch_threads(settings.threads, inference=False):  # preparation (lowering, exports) uses the same threads
         return _bench(source, settings, input_size, progress or (lambda stage, done, total, detail: None), int8_data)
+
+
+def check_bench_inputs(batches: Sequence[int], input_size: int | str | Sequence[int] | None) -> None:
+    """:class:`InputError` when the timed inputs (one float32 array per batch size) cannot fit in memory at
+    ``input_size`` (``None``: the default or the ONNX file's size, which fit); run before anything is loaded."""
+    if input_size is not None:
+        check_input_memory(sum(batches), 3, parse_size(input_size), 4, "the timed inputs", " or smaller --batch sizes")
 
 
 def bench_settings(providers: str | Sequence[str], batches: Sequence[int], threads: int | None, warmup: int,

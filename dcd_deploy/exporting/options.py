@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, check_input_memory
 
 DEFAULT_OPSET = 17
 LOWEST_OPSET = 13
@@ -159,7 +159,7 @@ def check_int8(options: ExportOptions) -> None:
 def validate(options: ExportOptions) -> ExportOptions:
     """The first stage: every check that needs no model, so that a bad option fails before any work.
 
-    Checks the batch, the target, the input size, the int8 options, the opset, and that the output (and the report)
+    Checks the batch, the target, the input size (parsed, and its example inputs fit in memory), the int8 options, the opset, and that the output (and the report)
     can be written. Returns ``options`` unchanged.
     """
     from ..lowering.costmodel import TARGETS
@@ -169,7 +169,8 @@ def validate(options: ExportOptions) -> ExportOptions:
         raise InputError(f"--batch {options.batch} is not a positive batch size.", "Omit --batch for a dynamic batch axis.")
     if options.target not in TARGETS:
         raise InputError(f"Unknown target {options.target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
-    options.hw  # noqa: B018 - parses the input size, raising InputError when it is not one
+    check_input_memory(sum(options.check_batches) if options.self_check else max(options.batch or 1, 2), 3, options.hw,
+                       12 if options.self_check else 4, "the export's example inputs (float32, and float64 for the self-check)")
     check_int8(options)
     check_opset(options.opset)
     check_output_path(options.path, "-o model")

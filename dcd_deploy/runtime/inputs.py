@@ -79,6 +79,47 @@ class InputSet:
         }
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of /proc/meminfo, else the free
+    physical pages (``os.sysconf``); ``None`` when neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= size:
+            return f"{n:,} bytes ({n / size:.1f} {unit})"
+    return f"{n:,} bytes"
+
+
+def check_input_memory(samples: int, channels: int, hw: tuple[int, int], bytes_per_value: int = 4,
+                       what: str = "the example inputs", fix: str = "") -> int:
+    """Raise :class:`InputError` (exit 2) when ``samples`` × ``channels`` × H × W values of
+    ``bytes_per_value`` bytes (the inputs a command builds at ``--input-size``, with the copies it makes
+    of them) exceed the memory available, before any work; returns the bytes needed. Activations are
+    not counted: this catches an input size that cannot fit at all, not a tight one."""
+    h, w = hw
+    need = int(samples) * int(channels) * int(h) * int(w) * int(bytes_per_value)
+    available = available_memory()
+    if available is not None and need > available:
+        raise InputError(
+            f"--input-size {h}x{w} is too large: {what} alone would need {_bytes(need)} ({samples} sample"
+            f"{'s' if samples != 1 else ''} × {channels}×{h}×{w} values × {bytes_per_value} bytes), and this "
+            f"machine has {_bytes(available)} of memory available.",
+            f"Pass a smaller --input-size (the size the network was trained at, e.g. 224){fix}.")
+    return need
+
+
 def _channels_stats(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) == 1:
@@ -221,6 +262,8 @@ def load_inputs(
         n = samples or DEFAULT_RANDOM_SAMPLES
         h, w = random_size(spec, input_size)
         channels = spec.channels or 3
+        # drawn in float64, kept in float32; the reference also runs a float64 copy of each batch
+        check_input_memory(n, channels, (h, w), 8 + 4, "the random inputs", " or fewer --samples")
         data = np.random.default_rng(seed).standard_normal((n, channels, h, w)).astype(np.float32)
         return InputSet(data, "random", seed=seed)
     if not isinstance(source, (str, os.PathLike)):
@@ -253,6 +296,8 @@ def load_inputs(
             raise InputError("The model's input height and width are dynamic and the file does not record its export size, "
                              "so images cannot be resized.", "Pass --input-size 224 (or HxW).")
         mean_t, std_t = _channels_stats(mean, channels, "mean"), _channels_stats(std, channels, "std")
+        check_input_memory(len(files), channels, hw, 4, f"the images of {path} resized to {hw[0]}x{hw[1]}",
+                           " or fewer --samples")
         data = _from_images(files, spec, hw, mean_t, std_t)
         return InputSet(data, "images", path, files=[f.name for f in files], mean=mean_t, std=std_t, available=available)
     if path.suffix.lower() not in (".npy", ".npz"):
