@@ -149,7 +149,8 @@ def check_parity(model: str | os.PathLike | OnnxFile, reference: Reference, opti
                           versions={**versions(), "onnxruntime_available_providers":
                                     ",".join(onnxruntime.get_available_providers())})
     if opts.localize:
-        _localize_failures(result, runs, onnx_file, module, data.data, ref_outputs, ref.dtype)
+        # the layers are traced in float32 unless float64 was asked for (the lowered forms are float32 code)
+        _localize_failures(result, runs, onnx_file, module, data.data, ref_outputs, opts.reference_dtype or "float32")
     _write_outputs(result, runs, data.data, ref_outputs, opts)
     return result
 
