@@ -2,10 +2,10 @@
 
 The reference is the network built from the checkpoint (not the lowered one), evaluated in
 float64 by default (float32 on request, or with a note when the network cannot run in float64:
-:func:`float64_twin`), and in float32 too, so the default tolerance can allow the original's own
-float32 error (:func:`dcd_deploy.compare.tolerance.noise_allowance`). Before it runs, :func:`check_pairing` compares the ONNX file's
-export metadata with the checkpoint, so a checkpoint of another network is a usage error rather
-than a parity failure.
+:func:`run_float64`), and in float32 too, so the default tolerance can allow the original's own
+float32 error (:func:`dcd_deploy.compare.tolerance.noise_allowance`; :func:`evaluate_reference`).
+Before it runs, :func:`check_pairing` compares the ONNX file's export metadata with the
+checkpoint, so a checkpoint of another network is a usage error rather than a parity failure.
 """
 
 from __future__ import annotations

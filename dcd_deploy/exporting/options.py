@@ -159,8 +159,9 @@ def check_int8(options: ExportOptions) -> None:
 def validate(options: ExportOptions) -> ExportOptions:
     """The first stage: every check that needs no model, so that a bad option fails before any work.
 
-    Checks the batch, the target, the input size (parsed, and its example inputs fit in memory), the int8 options, the opset, and that the output (and the report)
-    can be written. Returns ``options`` unchanged.
+    Checks the batch, the target, the input size (parsed, and its example inputs fit in memory), the
+    int8 options, the opset, and that the output (and the report) can be written. Returns ``options``
+    unchanged.
     """
     from ..lowering.costmodel import TARGETS
     from ..reporting import check_output_path
