@@ -6,7 +6,7 @@ the lowered module (``eager-lowered``), the plain ``torch.onnx.export`` graph (`
 only (``dcd-deploy-batch``: static-batch forms, a batch-specific file) and the static twin's graph
 (``static``), with calibration data also the int8 export (``int8``: factored form, static
 convolutions quantized) and the static twin quantized the same way (``int8-static``), each with
-its :class:`~dcd_deploy.exporting.quantize.Int8Check` against the float32 network it was
+its :class:`~dcd_deploy.exporting.int8check.Int8Check` against the float32 network it was
 quantized from (:attr:`Prepared.int8`). A row whose
 artifact cannot be made records why (:attr:`Prepared.failure`) instead of raising. From an ONNX
 file: the file itself, shown as ``dcd-deploy`` when dcd-deploy wrote it, else ``onnx``.

@@ -2,8 +2,8 @@
 
 The reference is the network built from the checkpoint (not the lowered one), evaluated in
 float64 by default (float32 on request, or with a note when the network cannot run in float64:
-:func:`run_float64`), and in float32 too, so the default tolerance can allow the original's own
-float32 error (:func:`dcd_deploy.compare.tolerance.noise_allowance`; :func:`evaluate_reference`).
+:mod:`dcd_deploy.runtime.float64`), and in float32 too, so the default tolerance can allow the
+original's own float32 error (:func:`evaluate_reference`).
 Before it runs, :func:`check_pairing` compares the ONNX file's export metadata with the
 checkpoint, so a checkpoint of another network is a usage error rather than a parity failure.
 """
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, raise_if_interrupted, summarize_exception
+from ..errors import InputError, summarize_exception
 from ..load.model import LoadedModel, load_model
+from ..runtime.float64 import Float64Unavailable, run_float64
 from ..runtime.inputs import batches
 from ..runtime.onnxfile import OnnxFile
 
@@ -74,31 +75,6 @@ def _flatten(out: Any) -> list[torch.Tensor]:
         return [t for item in out for t in _flatten(item)]
     raise InputError(f"The PyTorch model returned a {type(out).__name__}, not tensors.",
                      "Its forward() must return a tensor (or a tuple of tensors) like the exported graph.")
-
-
-class Float64Unavailable(Exception):
-    """The original network cannot be evaluated in float64; ``str()`` says why (for a note)."""
-
-
-def float64_twin(model: nn.Module) -> nn.Module:
-    """A float64 deep copy of ``model`` in eval mode; :class:`Float64Unavailable` when it cannot be made."""
-    try:
-        return copy.deepcopy(model).double().eval()
-    except Exception as exc:  # noqa: BLE001 - any failure to copy means: no float64 evaluation
-        raise_if_interrupted()
-        raise Float64Unavailable(f"it cannot be copied to float64 ({summarize_exception(exc, limit=200)})") from None
-
-
-def run_float64(model: nn.Module, run: Callable[[nn.Module], Any]) -> Any:
-    """``run(float64 copy of model)``; :class:`Float64Unavailable` when the copy or the run fails (a
-    module that makes float32 tensors inside forward(), an op without a float64 kernel, ...)."""
-    twin = float64_twin(model)
-    try:
-        with torch.no_grad():
-            return run(twin)
-    except Exception as exc:  # noqa: BLE001 - the fallback is the float32 evaluation, with this reason
-        raise_if_interrupted()
-        raise Float64Unavailable(f"it does not run in float64 ({summarize_exception(exc, limit=200)})") from None
 
 
 def _evaluate(model: nn.Module, data: np.ndarray, batch: int, torch_dtype: torch.dtype) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ from ..runtime.onnxfile import InputSpec
 from ..runtime.session import short_name
 from .localize import Localization
 from .metrics import OutputComparison
-from .tolerance import NOISE_FACTOR, Tolerance
+from ..runtime.float64 import NOISE_FACTOR
+from .tolerance import Tolerance
 
 SCHEMA = "dcd-deploy/parity/1"
 TABLE_HEADER = ["provider", "output", "max abs", "max rel", "mean abs", "cos min", "top-1", "top-5",

@@ -21,20 +21,11 @@ file on CUDA counts as ``tf32`` while the provider's ``use_tf32`` option is on (
 default): TF32 rounds MatMul/Conv operands to float16's 10-bit mantissa. ``atol``/``rtol`` given
 by the user replace the defaults (``atol`` is then absolute).
 
-Noise-aware defaults. A deep network's own float32 evaluation can differ from its float64 one by
-more than these factors (issue 18: a random-weight DyConv ResNet-18 at 224, 7.3e-5 of max|r| on one
-CPU, ONNX Runtime 1.5e-4 from the float32 original; tests/family_nets.deep_random_dyconv, ~1e-4 here):
-the export is then right and a fixed bound wrong. So the default gates
-compare against the float64 evaluation of the original and allow the original's own float32 error
-``noise = max|r32 − r64| / max|r64|`` (:func:`dcd_deploy.lowering.relative_error`), ten times over (:data:`NOISE_FACTOR`)::
-
-    allowed(base, noise) = max(base, NOISE_FACTOR · noise)
-
-parity applies it to each default factor, ``rtol = allowed(rtol₀, noise)`` and
-``atol = allowed(atol₀, noise) · max|r|`` (float32: both 1e-4; float16/tf32 keep their looser
-defaults as the floor), per output; the export self-check to its bound on
-``max|o − r64| / max|r64|``. The same bound (:func:`noise_allowance`) serves the tests that check
-exported files against float64 evaluations. Given ``atol``/``rtol`` are used as given.
+Noise-aware defaults (:mod:`dcd_deploy.runtime.float64`): against the original evaluated in
+float64, each default factor is raised to allow 10× the original's own float32 error ``noise`` on
+that output, ``rtol = noise_allowance(rtol₀, noise)`` and ``atol = noise_allowance(atol₀, noise) ·
+max|r|`` (float32: both 1e-4; float16/tf32 keep their looser defaults as the floor). Given
+``atol``/``rtol`` are used as given.
 """
 
 from __future__ import annotations
@@ -43,6 +34,7 @@ import dataclasses
 import math
 
 from ..errors import InputError
+from ..runtime.float64 import noise_allowance
 
 # Default (rtol, atol factor of max|ref|) per computing precision (see the module docstring).
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -51,8 +43,6 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "tf32": (1e-2, 2e-2),
 }
 _OFF = ("0", "false", "no", "off")
-# How many times the original's own float32 error (against float64) a float32 file may be off by.
-NOISE_FACTOR = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +74,6 @@ def check_tolerances(atol: float | None, rtol: float | None) -> None:
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and (not math.isfinite(value) or value < 0):
             raise InputError(f"--{name} {value} is not a tolerance.", f"Give a finite number >= 0, e.g. --{name} 1e-3.")
-
-
-def noise_allowance(base: float, noise: float | None) -> float:
-    """``max(base, NOISE_FACTOR · noise)``: a bound on a float32 result's relative error against float64
-    that allows ``noise``, the original network's own float32 error (``base`` when unknown or not finite)."""
-    if noise is None or not math.isfinite(noise):
-        return base
-    return max(base, NOISE_FACTOR * noise)
 
 
 def default_tolerance(precision: str, atol: float | None = None, rtol: float | None = None,

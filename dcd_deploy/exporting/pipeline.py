@@ -136,7 +136,7 @@ def export(
     ``int8`` quantizes the static convolutions (see :mod:`dcd_deploy.exporting.quantize`), calibrated
     on ``calibration`` (an N×3×H×W array, an ``.npz``/``.npy`` file, or an image folder normalised
     with ``mean``/``std``) with ``calibration_method`` ('minmax', 'entropy' or 'percentile'); the
-    self-check is then the accuracy-style :class:`~dcd_deploy.exporting.quantize.Int8Check`.
+    self-check is then the accuracy-style :class:`~dcd_deploy.exporting.int8check.Int8Check`.
     """
     options = ExportOptions(path, input_size=input_size, batch=batch, dynamic_size=dynamic_size, opset=opset,
                             fp16=fp16, simplify=do_simplify, form=form, target=target, self_check=self_check,

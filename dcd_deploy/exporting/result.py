@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..lowering import RewriteReport
-    from .quantize import Int8Check
+    from .int8check import Int8Check
 
 # Self-check floors on max|ort − ref| / max|ref| against the ORIGINAL PyTorch model evaluated in
 # float64. Float16 keeps an 11-bit mantissa (~5e-4 per rounding) and the error compounds over ~50
 # layers. The bound is raised to 10× the original's own float32 error against float64 where that is
-# larger (dcd_deploy.compare.tolerance.noise_allowance): deep random networks exceed 1e-5 alone.
+# larger (dcd_deploy.runtime.float64.noise_allowance): deep random networks exceed 1e-5 alone.
 SELF_CHECK_RTOL = {"float32": 1e-4, "float16": 5e-2}
 
 
@@ -35,7 +35,7 @@ class SelfCheck:
     note: str | None = None
 
     def allowed(self, batch: int) -> float:
-        from ..compare.tolerance import noise_allowance
+        from ..runtime.float64 import noise_allowance
 
         return noise_allowance(self.tolerance, (self.noise or {}).get(batch))
 

@@ -28,8 +28,8 @@ from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, r
 from ..lowering import RewriteReport, lower_model, relative_error
 from ..lowering.computed_weights import computed_weight_modules
 from .graphcheck import batch_independent, batch_specific_metadata, conv_weights_are_constant
+from .int8check import Int8Check
 from .options import ExportOptions
-from .quantize import Int8Check
 from .quiet import quiet
 from .result import SELF_CHECK_RTOL, SelfCheck
 
@@ -213,7 +213,7 @@ def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> Self
     original's own float32 error on the same inputs (:class:`SelfCheck`); a network that cannot run
     in float64 is compared in float32 against the fixed bound, with the reason as a note.
     """
-    from ..compare.reference import Float64Unavailable, run_float64
+    from ..runtime.float64 import Float64Unavailable, run_float64
     from ..runtime.session import create_session
 
     session = create_session(data, "cpu")
@@ -267,8 +267,8 @@ def quantize(graph: onnx.ModelProto, calibration: np.ndarray, options: ExportOpt
 
 def int8_self_check(data: bytes, original: nn.Module, calibration: np.ndarray, batch: int = 8) -> Int8Check:
     """The int8 graph on ONNX Runtime CPU against the ORIGINAL model's logits on
-    :func:`~dcd_deploy.exporting.quantize.check_inputs` (shifted, noised calibration samples)."""
-    from .quantize import check_inputs, run_int8_check
+    :func:`~dcd_deploy.exporting.int8check.check_inputs` (shifted, noised calibration samples)."""
+    from .int8check import check_inputs, run_int8_check
 
     x = check_inputs(calibration)
     with torch.no_grad():

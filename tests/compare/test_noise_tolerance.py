@@ -17,9 +17,10 @@ from family_nets import NOISY_SIZE, Float32Inside, deep_random_dyconv
 from family_nets import build as build_family
 
 from dcd_deploy.compare.parity import check_parity
-from dcd_deploy.compare.tolerance import DEFAULT_TOLERANCES, default_tolerance, noise_allowance
+from dcd_deploy.compare.tolerance import DEFAULT_TOLERANCES, default_tolerance
 from dcd_deploy.errors import InputError
 from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.runtime.float64 import noise_allowance
 
 
 @pytest.fixture(scope="module")

@@ -135,10 +135,10 @@ def test_fp16_export_runs_on_cpu_within_fp16_tolerance(tmp_path, mbv2):
 
 
 def test_failed_self_check_removes_the_file_or_keeps_it_when_asked(tmp_path, mbv2, monkeypatch):
-    from dcd_deploy.compare import tolerance
+    from dcd_deploy.runtime import float64
 
     monkeypatch.setitem(SELF_CHECK_RTOL, "float32", 0.0)
-    monkeypatch.setattr(tolerance, "NOISE_FACTOR", 0.0)  # no allowance for the original's float32 error either
+    monkeypatch.setattr(float64, "NOISE_FACTOR", 0.0)  # no allowance for the original's float32 error either
     target = tmp_path / "fail.onnx"
     with pytest.raises(SelfCheckFailed, match="No file was written"):
         export(mbv2, target, input_size=SIZE)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from family_nets import NETWORKS, REPO_ROOT, SIZE, build
 
-from dcd_deploy.compare.tolerance import noise_allowance
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.result import SELF_CHECK_RTOL
 from dcd_deploy.lowering import relative_error
+from dcd_deploy.runtime.float64 import noise_allowance
 
 
 def float64_bound(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, float]:

@@ -252,9 +252,9 @@ def test_calibration_of_the_wrong_size_is_a_user_error(run_cli, expect_user_erro
 
 def test_a_failed_int8_check_writes_no_file(monkeypatch, tmp_path):
     from dcd_deploy.errors import SelfCheckFailed
-    from dcd_deploy.exporting import quantize
+    from dcd_deploy.exporting import int8check
 
-    monkeypatch.setattr(quantize, "INT8_TOLERANCE", {"agreement": 1.01, "cosine_mean": 0.98, "cosine_min": 0.7})
+    monkeypatch.setattr(int8check, "INT8_TOLERANCE", {"agreement": 1.01, "cosine_mean": 0.98, "cosine_min": 0.7})
     model = build_calibrated("mobilenetv2_dcd", input_size=SMALL_INPUT, num_classes=10, width_mult=0.35, fc_squeeze=16)
     with pytest.raises(SelfCheckFailed) as info:
         export(model, tmp_path / "m.onnx", input_size=SMALL_INPUT, int8=True, calibration=calibration(8))

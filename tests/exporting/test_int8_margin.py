@@ -19,7 +19,7 @@ from conftest import build_calibrated
 from dcd_deploy.errors import SelfCheckFailed
 from dcd_deploy.exporting import quantize, stages
 from dcd_deploy.exporting.pipeline import export
-from dcd_deploy.exporting.quantize import INT8_TOLERANCE, compare_int8, disagreements
+from dcd_deploy.exporting.int8check import INT8_TOLERANCE, compare_int8, disagreements
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 

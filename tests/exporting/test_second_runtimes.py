@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from dcd_deploy import export, load_model
-from dcd_deploy.compare.tolerance import noise_allowance
+from dcd_deploy.runtime.float64 import noise_allowance
 from dcd_deploy.runtime.session import create_session
 
 ROOT = Path(__file__).resolve().parents[2]

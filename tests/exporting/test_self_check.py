@@ -20,12 +20,12 @@ from family_nets import Float32Inside, deep_random_dyconv
 from family_nets import build as build_family
 from torch import nn
 
-from dcd_deploy.compare.tolerance import noise_allowance
 from dcd_deploy.exporting import stages
 from dcd_deploy.exporting.options import ExportOptions
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.exporting.result import SELF_CHECK_RTOL
 from dcd_deploy.lowering import relative_error
+from dcd_deploy.runtime.float64 import noise_allowance
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,8 @@ from dynamic_fixtures import inspect_network, recognise
 from torch import nn
 
 from dcd_deploy import export
-from dcd_deploy.compare.tolerance import noise_allowance
 from dcd_deploy.lowering import FAMILIES, LayerFamily, LayerInfo, Mismatch, find_dcd_layers, relative_error
+from dcd_deploy.runtime.float64 import noise_allowance
 from dcd_deploy.runtime.session import create_session
 from dcd_deploy.zoo.calibration import calibrate_batchnorm
 
