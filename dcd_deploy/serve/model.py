@@ -82,6 +82,7 @@ class ServedModel:
         if self.fixed_batch is not None and max_batch != self.fixed_batch:
             max_batch = self.fixed_batch  # the file decides: it takes exactly that batch
         self.max_batch = max_batch
+        self.parameters: dict = {}  # more metadata parameters (the Ray deployment adds its node)
 
     @property
     def input(self) -> TensorSpec:
@@ -96,4 +97,4 @@ class ServedModel:
         return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
                 "inputs": [t.metadata() for t in self.inputs], "outputs": [t.metadata() for t in self.outputs],
                 "parameters": {"max_batch_size": self.max_batch, "precision": self.precision,
-                               "provider": self.provider}}
+                               "provider": self.provider, **self.parameters}}
