@@ -1,0 +1,179 @@
+"""Serving benchmark: `dcd-deploy serve` under concurrent load, against ONNX Runtime run directly.
+
+For each network (random weights with calibrated BatchNorms: latency does not depend on the
+values) exported by ``dcd_deploy.export`` at ``--size`` with a dynamic batch axis:
+
+* ``ort``: the file on ONNX Runtime directly, in this process (intra-op spinning off, all cores):
+  the median latency at batch 1, and throughput (batch / median) at batches 1, 2, 4, 8, 16; the best of
+  these is the throughput the server is compared with;
+* each server (``--modes``: ``local`` = the default in-process server, ``ray`` = ``serve --ray`` on a
+  local Ray instance, one replica) with each ``--max-batch``, started as the real command
+  (``dcd-deploy serve``) on a free port of 127.0.0.1 and loaded with ``dcd_deploy.serve.loadtest``
+  (tritonclient, binary tensors, single-image requests) at each concurrency for ``--duration`` seconds.
+
+The client runs on the same machine as the server (as in the issue's measurements), so on a
+small CPU it takes cores from the server. Prints one table and writes JSON (``--json``).
+
+    python benchmarks/serve_load.py                       # the BENCHMARKS.md "Serving" table
+    python benchmarks/serve_load.py --models mobilenetv2_dcd --modes local --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcd_deploy.exporting.pipeline import export
+from dcd_deploy.reporting import table
+from dcd_deploy.runtime.session import create_session
+from dcd_deploy.serve.loadtest import loadtest
+from dcd_deploy.sysinfo import machine, versions
+from dcd_deploy.zoo import create_model
+from dcd_deploy.zoo.calibration import calibrate_batchnorm
+
+MODELS = {"resnet18_dcd": {}, "mobilenetv2_dcd": {"fc_squeeze": 16}}
+ORT_BATCHES = (1, 2, 4, 8, 16)
+
+
+def build(arch: str, size: int, path: Path) -> Path:
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(create_model(arch, **MODELS[arch]), input_size=min(size, 64), batch_size=4, seed=0)
+    export(model, path, input_size=size)
+    return path
+
+
+def ort_direct(path: Path, size: int, runs: int, threads: int | None) -> dict:
+    """Median batch-1 latency (ms) and throughput per batch (img/s) on ONNX Runtime, spinning off."""
+    session = create_session(path, "cpu", threads=threads, spinning=False)
+    name = session.get_inputs()[0].name
+    out = {"batch1_p50_ms": None, "throughput": {}}
+    for batch in ORT_BATCHES:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+        for _ in range(3):
+            session.run(None, {name: x})
+        times = []
+        for _ in range(max(3, runs // batch)):
+            t0 = time.perf_counter()
+            session.run(None, {name: x})
+            times.append(time.perf_counter() - t0)
+        median = float(np.median(times))
+        out["throughput"][batch] = batch / median
+        if batch == 1:
+            out["batch1_p50_ms"] = median * 1e3
+    out["best_throughput"] = max(out["throughput"].values())
+    out["best_batch"] = max(out["throughput"], key=out["throughput"].get)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(path: Path, mode: str, max_batch: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "dcd_deploy_cli.main", "serve", str(path), "--name", "m", "--port", str(port),
+           "--max-batch", str(max_batch)] + (["--threads", str(threads)] if threads else []) + (["--ray"] if mode == "ray" else [])
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/m/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server not ready after 180 s")
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.terminate()  # SIGTERM: the server stops and exits 0
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def measure_server(path: Path, mode: str, max_batch: int, levels: list[int], duration: float, threads: int | None,
+                   workdir: Path) -> list[dict]:
+    proc, host = start_server(path, mode, max_batch, threads, workdir / f"{path.stem}-{mode}-{max_batch}.log")
+    try:
+        loadtest(host, "m", [1], duration=min(2.0, duration))  # warm-up level, not reported
+        result = loadtest(host, "m", levels, duration=duration)
+    finally:
+        code = stop_server(proc)
+    rows = [lv.to_dict() for lv in result.levels]
+    for row in rows:
+        row.pop("error_messages", None)
+        row["exit_code"] = code
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--modes", default="local,ray")
+    p.add_argument("--max-batches", default="16,1")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--ort-runs", type=int, default=60, help="ONNX Runtime runs at batch 1 (fewer at larger batches)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (server and direct). Default: all cores.")
+    p.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve_load.json"))
+    args = p.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    report = {"machine": machine(), "versions": versions(), "size": args.size, "duration_s": args.duration,
+              "threads": args.threads, "command": "python benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
+              "models": {}}
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for arch in args.models.split(","):
+            path = build(arch, args.size, workdir / f"{arch}.onnx")
+            direct = ort_direct(path, args.size, args.ort_runs, args.threads)
+            entry = {"ort": direct, "servers": []}
+            for mode in args.modes.split(","):
+                for max_batch in (int(b) for b in args.max_batches.split(",")):
+                    for row in measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir):
+                        row.update(mode=mode, max_batch=max_batch,
+                                   vs_ort_best=row["throughput"] / direct["best_throughput"],
+                                   p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])
+                        entry["servers"].append(row)
+                        lines.append([arch, mode, str(max_batch), str(row["concurrency"]), f"{row['throughput']:.1f}",
+                                      f"{row['vs_ort_best']:.2f}×", *(f"{row[k]:.1f}" if row[k] is not None else "—"
+                                                                      for k in ("p50", "p90", "p99")),
+                                      f"{row['p50_minus_ort_b1_ms']:+.1f}" if row["p50"] is not None else "—",
+                                      str(row["errors"])])
+            report["models"][arch] = entry
+            print(f"{arch}: ONNX Runtime direct batch 1 p50 {direct['batch1_p50_ms']:.1f} ms; best "
+                  f"{direct['best_throughput']:.1f} img/s at batch {direct['best_batch']} ("
+                  + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items()) + ")", flush=True)
+    print(table(["model", "server", "max-batch", "conc.", "infer/s", "×ort best", "p50 ms", "p90 ms", "p99 ms",
+                 "p50−ort b1", "errors"], lines, align="lllrrrrrrrr"))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    sys.exit(main())
