@@ -1,12 +1,13 @@
 """The dynamic batcher: concurrent requests queue up, one worker runs them together.
 
 Each request brings a batch of one or more samples and waits on a future. The worker takes the
-oldest request; if fewer than ``max_batch`` samples are waiting it waits up to ``wait_s`` for more;
-then it takes requests in arrival order while their samples fit in ``max_batch``, concatenates
-them, runs the model once in its own thread (one session call at a time: ONNX Runtime's intra-op
-threads are the parallelism) and hands each request its slice of every output. While the model
-runs, new requests queue, so under load a batch fills without waiting at all and at concurrency 1
-a request waits at most ``wait_s``.
+oldest request and waits up to ``wait_s`` for the batch to fill, but only to as many samples as
+the previous run carried (capped at ``max_batch``): clients answered together tend to come back
+together, while a lone client (concurrency 1) is never made to wait for company that is not
+coming. Then it takes requests in arrival order while their samples fit in ``max_batch``,
+concatenates them, runs the model once in its own thread (one session call at a time: ONNX
+Runtime's intra-op threads are the parallelism) and hands each request its slice of every output.
+While the model runs, new requests queue, so under load a batch fills without waiting at all.
 
 At most ``max_queue`` requests wait: one more is refused at once (:class:`QueueFull`, HTTP 503),
 never left hanging. A request whose client went away (its future cancelled) is skipped. A failing
@@ -37,6 +38,7 @@ class BatchQueue:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._last_run = 1  # samples in the previous model run: how many to wait for
 
     @property
     def depth(self) -> int:
@@ -77,9 +79,10 @@ class BatchQueue:
         return sum(b.shape[0] for b, f in self._pending if not f.done())
 
     async def _fill(self) -> None:
-        """Wait up to ``wait_s`` for the queue to hold ``max_batch`` samples."""
+        """Wait up to ``wait_s`` for the queue to hold as many samples as the previous run (at most ``max_batch``)."""
+        target = min(self.max_batch, self._last_run)
         deadline = time.monotonic() + self.wait_s
-        while self._waiting_samples() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+        while self._waiting_samples() < target and (left := deadline - time.monotonic()) > 0:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=left)
@@ -112,6 +115,7 @@ class BatchQueue:
                 continue
             inputs = [b for b, _ in taken]
             batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+            self._last_run = batch.shape[0]
             if self._on_batch is not None:
                 self._on_batch(batch.shape[0])
             try:

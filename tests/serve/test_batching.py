@@ -103,3 +103,17 @@ def test_a_failing_run_fails_its_batch_only_and_cancelled_requests_are_skipped()
     assert isinstance(bad, RuntimeError)
     np.testing.assert_array_equal(good[0], [12.0])
     assert 7.0 not in model.seen and model.sizes == [1, 1, 1]  # the cancelled one never ran
+
+
+def test_a_lone_client_does_not_wait_for_company():
+    """After runs of one sample the worker waits for one sample: a long --batch-wait-ms never delays concurrency 1."""
+    model = Recorder()
+
+    async def main():
+        queue = BatchQueue(model, max_batch=16, wait_s=60, max_queue=8)
+        queue.start()
+        answers = [await asyncio.wait_for(queue.submit(_sample(i)), timeout=20) for i in range(3)]
+        await queue.stop()
+        return answers
+
+    assert len(asyncio.run(main())) == 3 and model.sizes == [1, 1, 1]
