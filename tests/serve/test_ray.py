@@ -5,7 +5,10 @@ surviving replica) or, for those in flight on the lost replica, refused with Ray
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,9 +22,15 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 REQUESTS = 160
 
 
-def _metadata_nodes(server: Server, tries: int = 40) -> set[str]:
+def _metadata_nodes(server: Server, want: int = 2, timeout: float = 90.0) -> set[str]:
+    """The Ray nodes whose replicas answered metadata requests, asked until ``want`` answered (the proxy
+    learns of a replica a little after it runs)."""
     client = httpclient.InferenceServerClient(server.host, network_timeout=30)
-    nodes = {client.get_model_metadata(server.name)["parameters"]["ray_node_id"] for _ in range(tries)}
+    nodes: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(nodes) < want and time.monotonic() < deadline:
+        nodes.add(client.get_model_metadata(server.name)["parameters"]["ray_node_id"])
+        time.sleep(0.05)
     client.close()
     return nodes
 
@@ -80,3 +89,50 @@ def test_two_nodes_lose_one_under_load(served_onnx, monkeypatch):
         if server is not None:
             server.stop()
         cluster.shutdown()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_local_ray_instance_stops_with_ctrl_c_and_leaves_nothing(served_onnx):
+    server = Server(served_onnx, "--ray", ready_timeout=180)
+    client = httpclient.InferenceServerClient(server.host, network_timeout=60)
+    x = np.random.default_rng(8).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    tensor = httpclient.InferInput("input", [1, 3, SIZE, SIZE], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    np.testing.assert_allclose(client.infer(server.name, [tensor]).as_numpy("logits"), reference(served_onnx, x),
+                               rtol=1e-5, atol=1e-5)
+    client.close()
+    daemons = _descendants(server.proc.pid)
+    assert daemons  # Ray's GCS, raylet and workers run below the command
+    code, out, seconds = server.stop(signal.SIGINT)
+    assert code == 130 and seconds < 15, out
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in daemons):
+        time.sleep(0.2)
+    assert not [p for p in daemons if _alive(p)]
