@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _export(path: Path, **options) -> Path:
+def export_sample(path: Path, **options) -> Path:
     import torch
 
     import dcd_deploy
@@ -40,13 +40,13 @@ def _export(path: Path, **options) -> Path:
 @pytest.fixture(scope="session")
 def served_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled w035 digits sample exported at 48×48 with a dynamic batch axis. Do not modify."""
-    return _export(tmp_path_factory.mktemp("serve") / "digits.onnx")
+    return export_sample(tmp_path_factory.mktemp("serve") / "digits.onnx")
 
 
 @pytest.fixture(scope="session")
 def fixed_batch_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same sample exported with a fixed batch of 2."""
-    return _export(tmp_path_factory.mktemp("serve") / "digits_b2.onnx", batch=2)
+    return export_sample(tmp_path_factory.mktemp("serve") / "digits_b2.onnx", batch=2)
 
 
 def reference(model: Path, x: np.ndarray) -> np.ndarray:

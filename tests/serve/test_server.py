@@ -166,3 +166,21 @@ def test_taken_port_bad_model_and_missing_provider_are_one_paragraph(served_onnx
         expect_user_error(run_cli("serve", served_onnx, "--providers", "cuda", "--port", free_port()),
                           "'cuda'", "not available", code=3)
     expect_user_error(run_cli("serve", served_onnx, "--replicas", "2"), "--ray")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_fp16_and_int8_files_serve(precision, tmp_path):
+    from serving_fixtures import SAMPLE, export_sample
+
+    options = {"fp16": True} if precision == "fp16" else {"int8": True,
+                                                           "calibration": SAMPLE.parent / "digits_calibration.npz"}
+    model = export_sample(tmp_path / f"{precision}.onnx", **options)
+    srv = Server(model, "--max-batch", "4")
+    try:
+        xs = np.random.default_rng(9).standard_normal((8, 1, 3, SIZE, SIZE)).astype(np.float32)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            served = np.concatenate(list(pool.map(lambda x: _infer(srv, x), xs)))
+        expected = reference(model, xs[:, 0])
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    finally:
+        srv.stop()
