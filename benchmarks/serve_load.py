@@ -16,6 +16,7 @@ small CPU it takes cores from the server. Prints one table and writes JSON (``--
 
     python benchmarks/serve_load.py                       # the BENCHMARKS.md "Serving" table
     python benchmarks/serve_load.py --models mobilenetv2_dcd --modes local --duration 5
+    python benchmarks/serve_load.py --providers cuda --concurrency 1,8,32,64   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def build(arch: str, size: int, path: Path) -> Path:
     return path
 
 
-def ort_direct(path: Path, size: int, runs: int, threads: int | None) -> dict:
+def ort_direct(path: Path, size: int, runs: int, threads: int | None, provider: str = "cpu") -> dict:
     """Median batch-1 latency (ms) and throughput per batch (img/s) on ONNX Runtime, spinning off."""
-    session = create_session(path, "cpu", threads=threads, spinning=False)
+    session = create_session(path, provider, threads=threads, spinning=False)
     name = session.get_inputs()[0].name
     out = {"batch1_p50_ms": None, "throughput": {}}
     for batch in ORT_BATCHES:
@@ -82,10 +83,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(path: Path, mode: str, max_batch: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(path: Path, mode: str, max_batch: int, threads: int | None, log: Path,
+                 provider: str = "cpu") -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "dcd_deploy_cli.main", "serve", str(path), "--name", "m", "--port", str(port),
-           "--max-batch", str(max_batch)] + (["--threads", str(threads)] if threads else []) + (["--ray"] if mode == "ray" else [])
+           "--max-batch", str(max_batch), "--providers", provider] + (["--threads", str(threads)] if threads else []) + (["--ray"] if mode == "ray" else [])
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -112,8 +114,8 @@ def stop_server(proc: subprocess.Popen) -> int:
 
 
 def measure_server(path: Path, mode: str, max_batch: int, levels: list[int], duration: float, threads: int | None,
-                   workdir: Path) -> list[dict]:
-    proc, host = start_server(path, mode, max_batch, threads, workdir / f"{path.stem}-{mode}-{max_batch}.log")
+                   workdir: Path, provider: str = "cpu") -> list[dict]:
+    proc, host = start_server(path, mode, max_batch, threads, workdir / f"{path.stem}-{mode}-{max_batch}.log", provider)
     try:
         loadtest(host, "m", [1], duration=min(2.0, duration))  # warm-up level, not reported
         result = loadtest(host, "m", levels, duration=duration)
@@ -135,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
     p.add_argument("--ort-runs", type=int, default=60, help="ONNX Runtime runs at batch 1 (fewer at larger batches)")
+    p.add_argument("--providers", default="cpu", help="one ONNX Runtime provider, server and direct (cuda on a GPU machine)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (server and direct). Default: all cores.")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     report = {"machine": machine(), "versions": versions(), "size": args.size, "duration_s": args.duration,
+              "provider": args.providers,
               "threads": args.threads, "command": "python benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
               "models": {}}
     lines = []
@@ -147,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         for arch in args.models.split(","):
             path = build(arch, args.size, workdir / f"{arch}.onnx")
-            direct = ort_direct(path, args.size, args.ort_runs, args.threads)
+            direct = ort_direct(path, args.size, args.ort_runs, args.threads, args.providers)
             entry = {"ort": direct, "servers": []}
             for mode in args.modes.split(","):
                 for max_batch in (int(b) for b in args.max_batches.split(",")):
-                    for row in measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir):
+                    for row in measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir,
+                                              args.providers):
                         row.update(mode=mode, max_batch=max_batch,
                                    vs_ort_best=row["throughput"] / direct["best_throughput"],
                                    p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])

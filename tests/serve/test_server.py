@@ -184,3 +184,18 @@ def test_fp16_and_int8_files_serve(precision, tmp_path):
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     finally:
         srv.stop()
+
+
+@pytest.mark.gpu
+def test_cuda_provider_serves(served_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu and a CUDA device")
+    srv = Server(served_onnx, "--providers", "cuda")
+    try:
+        x = np.random.default_rng(10).standard_normal(SHAPE).astype(np.float32)
+        expected = reference(served_onnx, x)
+        np.testing.assert_allclose(_infer(srv, x), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    finally:
+        srv.stop()
