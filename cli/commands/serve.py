@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..options import apply_options, providers_option, reports_user_errors
+from ..options import apply_options, reports_user_errors
 
 
 def serving_options(f: Any) -> Any:
@@ -21,7 +21,8 @@ def serving_options(f: Any) -> Any:
                      help="How long a batch waits to fill while the model is idle."),
         click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Most requests waiting; one more is refused with 503."),
-        providers_option(),
+        click.option("--providers", default="cpu", show_default=True, metavar="cpu|cuda",
+                     help="ONNX Runtime execution provider of the session (one; exit 3 when it is not available)."),
         click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads. Default: all cores."),
         click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve application (@serve.batch)."),
         click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
