@@ -5,7 +5,9 @@ values) exported by ``dcd_deploy.export`` at ``--size`` with a dynamic batch axi
 
 * ``ort``: the file on ONNX Runtime directly, in this process (intra-op spinning off, all cores):
   the median latency at batch 1, and throughput (batch / median) at batches 1, 2, 4, 8, 16; the best of
-  these is the throughput the server is compared with;
+  these is the throughput the server is compared with. It is measured again just before each server
+  configuration, and each server is compared with the measurement next to it (the load of a shared
+  machine drifts over the minutes a run takes);
 * each server (``--modes``: ``local`` = the default in-process server, ``ray`` = ``serve --ray`` on a
   local Ray instance, one replica) with each ``--max-batch``, started as the real command
   (``dcd-deploy serve``) on a free port of 127.0.0.1 and loaded with ``dcd_deploy.serve.loadtest``
@@ -151,27 +153,30 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         for arch in args.models.split(","):
             path = build(arch, args.size, workdir / f"{arch}.onnx")
-            direct = ort_direct(path, args.size, args.ort_runs, args.threads, args.providers)
-            entry = {"ort": direct, "servers": []}
+            entry = {"servers": []}
             for mode in args.modes.split(","):
                 for max_batch in (int(b) for b in args.max_batches.split(",")):
+                    # ONNX Runtime direct just before each server: on a shared machine the load drifts
+                    direct = ort_direct(path, args.size, args.ort_runs, args.threads, args.providers)
+                    print(f"{arch} before {mode} --max-batch {max_batch}: ONNX Runtime direct batch 1 p50 "
+                          f"{direct['batch1_p50_ms']:.1f} ms; best {direct['best_throughput']:.1f} img/s at batch "
+                          f"{direct['best_batch']} (" + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items())
+                          + ")", flush=True)
                     for row in measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir,
                                               args.providers):
-                        row.update(mode=mode, max_batch=max_batch,
+                        row.update(mode=mode, max_batch=max_batch, ort=direct,
                                    vs_ort_best=row["throughput"] / direct["best_throughput"],
                                    p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])
                         entry["servers"].append(row)
                         lines.append([arch, mode, str(max_batch), str(row["concurrency"]), f"{row['throughput']:.1f}",
                                       f"{row['vs_ort_best']:.2f}×", *(f"{row[k]:.1f}" if row[k] is not None else "—"
                                                                       for k in ("p50", "p90", "p99")),
+                                      f"{direct['batch1_p50_ms']:.1f}", f"{direct['best_throughput']:.1f}",
                                       f"{row['p50_minus_ort_b1_ms']:+.1f}" if row["p50"] is not None else "—",
                                       str(row["errors"])])
             report["models"][arch] = entry
-            print(f"{arch}: ONNX Runtime direct batch 1 p50 {direct['batch1_p50_ms']:.1f} ms; best "
-                  f"{direct['best_throughput']:.1f} img/s at batch {direct['best_batch']} ("
-                  + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items()) + ")", flush=True)
     print(table(["model", "server", "max-batch", "conc.", "infer/s", "×ort best", "p50 ms", "p90 ms", "p99 ms",
-                 "p50−ort b1", "errors"], lines, align="lllrrrrrrrr"))
+                 "ort b1 ms", "ort best/s", "p50−ort b1", "errors"], lines, align="lllrrrrrrrrrr"))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -25,10 +25,11 @@ def test_serve_load_at_toy_size(tmp_path, capsys):
                         "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     entry = data["models"]["mobilenetv2_dcd"]
-    assert set(entry["ort"]["throughput"]) == {"1", "2", "4", "8", "16"} and entry["ort"]["batch1_p50_ms"] > 0
     rows = entry["servers"]
     assert [(r["max_batch"], r["concurrency"]) for r in rows] == [(4, 1), (4, 3), (1, 1), (1, 3)]
     for row in rows:
         assert row["errors"] == 0 and row["answered"] > 0 and row["exit_code"] == 0
-        assert row["vs_ort_best"] == row["throughput"] / entry["ort"]["best_throughput"]
+        assert set(row["ort"]["throughput"]) == {"1", "2", "4", "8", "16"} and row["ort"]["batch1_p50_ms"] > 0
+        assert row["vs_ort_best"] == row["throughput"] / row["ort"]["best_throughput"]
+        assert row["p50_minus_ort_b1_ms"] == row["p50"] - row["ort"]["batch1_p50_ms"]
     assert "×ort best" in capsys.readouterr().out
