@@ -7,7 +7,8 @@ values) exported by ``dcd_deploy.export`` at ``--size`` with a dynamic batch axi
   the median latency at batch 1, and throughput (batch / median) at batches 1, 2, 4, 8, 16; the best of
   these is the throughput the server is compared with. It is measured again just before each server
   configuration, and each server is compared with the measurement next to it (the load of a shared
-  machine drifts over the minutes a run takes);
+  machine drifts over the minutes a run takes); with ``--rounds N`` each configuration is measured N times
+  (ONNX Runtime direct, then the server) and the table gives the medians over rounds;
 * each server (``--modes``: ``local`` = the default in-process server, ``ray`` = ``serve --ray`` on a
   local Ray instance, one replica) with each ``--max-batch``, started as the real command
   (``dcd-deploy serve``) on a free port of 127.0.0.1 and loaded with ``dcd_deploy.serve.loadtest``
@@ -130,6 +131,41 @@ def measure_server(path: Path, mode: str, max_batch: int, levels: list[int], dur
     return rows
 
 
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def measure_config(path: Path, arch: str, mode: str, max_batch: int, levels: list[int], args: argparse.Namespace,
+                   workdir: Path) -> list[dict]:
+    """One server configuration, ``--rounds`` times: ONNX Runtime direct just before each round's server
+    (the load of a shared machine drifts), every level; per level the medians over rounds."""
+    rounds = []
+    for _ in range(args.rounds):
+        direct = ort_direct(path, args.size, args.ort_runs, args.threads, args.providers)
+        print(f"{arch} before {mode} --max-batch {max_batch}: ONNX Runtime direct batch 1 p50 "
+              f"{direct['batch1_p50_ms']:.1f} ms; best {direct['best_throughput']:.1f} img/s at batch "
+              f"{direct['best_batch']} (" + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items()) + ")",
+              flush=True)
+        rows = measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir, args.providers)
+        for row in rows:
+            row.update(ort=direct, vs_ort_best=row["throughput"] / direct["best_throughput"],
+                       p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])
+        rounds.append(rows)
+    out = []
+    for i, concurrency in enumerate(levels):
+        per_round = [r[i] for r in rounds]
+        row = {"concurrency": concurrency, "mode": mode, "max_batch": max_batch,
+               "errors": sum(r["errors"] for r in per_round), "answered": sum(r["answered"] for r in per_round),
+               "exit_code": max(r["exit_code"] for r in per_round), "rounds": per_round,
+               "ort": {"batch1_p50_ms": _median([r["ort"]["batch1_p50_ms"] for r in per_round]),
+                       "best_throughput": _median([r["ort"]["best_throughput"] for r in per_round])}}
+        for key in ("throughput", "p50", "p90", "p99", "vs_ort_best", "p50_minus_ort_b1_ms"):
+            row[key] = _median([r[key] for r in per_round])
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
@@ -138,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batches", default="16,1")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--rounds", type=int, default=1, help="repeat each server configuration (and its ONNX Runtime "
+                   "direct measurement); the table gives medians over rounds")
     p.add_argument("--ort-runs", type=int, default=60, help="ONNX Runtime runs at batch 1 (fewer at larger batches)")
     p.add_argument("--providers", default="cpu", help="one ONNX Runtime provider, server and direct (cuda on a GPU machine)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (server and direct). Default: all cores.")
@@ -145,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     report = {"machine": machine(), "versions": versions(), "size": args.size, "duration_s": args.duration,
+              "rounds": args.rounds,
               "provider": args.providers,
               "threads": args.threads, "command": "python benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
               "models": {}}
@@ -156,22 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"servers": []}
             for mode in args.modes.split(","):
                 for max_batch in (int(b) for b in args.max_batches.split(",")):
-                    # ONNX Runtime direct just before each server: on a shared machine the load drifts
-                    direct = ort_direct(path, args.size, args.ort_runs, args.threads, args.providers)
-                    print(f"{arch} before {mode} --max-batch {max_batch}: ONNX Runtime direct batch 1 p50 "
-                          f"{direct['batch1_p50_ms']:.1f} ms; best {direct['best_throughput']:.1f} img/s at batch "
-                          f"{direct['best_batch']} (" + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items())
-                          + ")", flush=True)
-                    for row in measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir,
-                                              args.providers):
-                        row.update(mode=mode, max_batch=max_batch, ort=direct,
-                                   vs_ort_best=row["throughput"] / direct["best_throughput"],
-                                   p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])
+                    for row in measure_config(path, arch, mode, max_batch, levels, args, workdir):
                         entry["servers"].append(row)
                         lines.append([arch, mode, str(max_batch), str(row["concurrency"]), f"{row['throughput']:.1f}",
                                       f"{row['vs_ort_best']:.2f}×", *(f"{row[k]:.1f}" if row[k] is not None else "—"
                                                                       for k in ("p50", "p90", "p99")),
-                                      f"{direct['batch1_p50_ms']:.1f}", f"{direct['best_throughput']:.1f}",
+                                      f"{row['ort']['batch1_p50_ms']:.1f}", f"{row['ort']['best_throughput']:.1f}",
                                       f"{row['p50_minus_ort_b1_ms']:+.1f}" if row["p50"] is not None else "—",
                                       str(row["errors"])])
             report["models"][arch] = entry
