@@ -34,3 +34,17 @@ def test_usage_errors(server, run_cli, expect_user_error):
     expect_user_error(run_cli("loadtest", f"127.0.0.1:{free_port()}", "--model", "x", "--requests", "2"), "Cannot reach")
     expect_user_error(run_cli("loadtest", server.host, "--model", server.name), "--requests")
     expect_user_error(run_cli("loadtest", server.host, "--model", server.name, "--requests", "1", "--concurrency", "0"), "positive")
+
+
+def test_help_imports_no_serving_stack():
+    """``dcd-deploy --help`` and the serving commands' help stay light: ray, tritonclient, uvicorn load on use."""
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["serve", "--help"], ["loadtest", "--help"], ["repo", "--help"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "dcd_deploy_cli.main", *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert "dcd_deploy_cli.commands.serve" in modules
+        assert not sorted(m for m in modules if m.split(".")[0] in ("ray", "tritonclient", "uvicorn", "starlette", "torch"))
