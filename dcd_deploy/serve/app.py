@@ -190,7 +190,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _raise_stopped(signum: int, frame: object) -> None:
+def raise_stopped(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop serving by raising :class:`Stopped`."""
     raise Stopped
 
 
@@ -201,7 +202,7 @@ def run_uvicorn(app: Any, sock: socket.socket, graceful_s: float = 5.0) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_s, timeout_keep_alive=30)
     server = uvicorn.Server(config)
-    signal.signal(signal.SIGTERM, _raise_stopped)  # uvicorn re-raises the signal once it has shut down
+    signal.signal(signal.SIGTERM, raise_stopped)  # uvicorn re-raises the signal once it has shut down
     try:
         server.run(sockets=[sock])
     finally:
@@ -212,7 +213,7 @@ def serve_forever(model_path: str, name: str | None = None, host: str = "127.0.0
                   max_batch: int = 16, batch_wait_ms: float = 2.0, providers: str = "cpu", threads: int | None = None,
                   max_queue: int = 256, say: Callable[[str], None] = print) -> None:
     """``dcd-deploy serve``: load the model, listen, serve until Ctrl-C (KeyboardInterrupt) or SIGTERM (returns)."""
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
         model = ServedModel(model_path, name, providers, threads, max_batch)
         sock = bind(host, port)

@@ -24,10 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .model import OIP_DATATYPES, TensorSpec
+from .model import TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-NUMPY_TYPES = {v: k for k, v in OIP_DATATYPES.items()}
 
 
 class ProtocolError(Exception):

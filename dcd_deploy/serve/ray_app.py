@@ -27,7 +27,7 @@ import ray
 from ray import serve
 
 from ..errors import InputError, summarize_exception
-from .app import Stopped, _raise_stopped, bind, dispatch
+from .app import Stopped, raise_stopped, bind, dispatch
 from .metrics import ServeMetrics
 from .model import ServedModel
 
@@ -86,7 +86,7 @@ def _start_ray(address: str | None) -> None:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise InputError(f"Cannot start or join {where}: {summarize_exception(exc)}.",
                          "Check --address (e.g. auto, or HEAD_IP:6379) and that the cluster runs.") from None
-    signal.signal(signal.SIGTERM, _raise_stopped)  # ray.init installs its own, which exits 15
+    signal.signal(signal.SIGTERM, raise_stopped)  # ray.init installs its own, which exits 15
 
 
 def _stop(name: str, joined: bool) -> None:
@@ -106,7 +106,7 @@ def serve_ray(model_path: str, name: str | None = None, host: str = "127.0.0.1",
               batch_wait_ms: float = 2.0, providers: str = "cpu", threads: int | None = None, max_queue: int = 256,
               replicas: int = 1, address: str | None = None, say: Callable[[str], None] = print) -> None:
     """``dcd-deploy serve --ray``: run until Ctrl-C (KeyboardInterrupt) or SIGTERM (returns)."""
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
         model = ServedModel(model_path, name, providers, threads, max_batch)  # a bad file fails here, before Ray
         if address is None:
