@@ -13,7 +13,7 @@ import click
 
 import dcd_deploy
 
-from .commands import archs, bench, evaluate, export, inspect, parity
+from .commands import archs, bench, evaluate, export, inspect, loadtest, parity, repo, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -27,7 +27,7 @@ def cli() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-for _module in (archs, inspect, export, parity, evaluate, bench):
+for _module in (archs, inspect, export, parity, evaluate, bench, serve, loadtest, repo):
     cli.add_command(_module.command)
 
 

@@ -11,6 +11,8 @@ The package is laid out as its pipeline, one folder per step:
                  check, self-check, write);
 * ``compare/``   tolerances, metrics, parity, localisation of a divergence, accuracy;
 * ``bench/``     the deployment options of one model timed side by side, and their reports.
+* ``serve/``     the exported graph served: Open Inference Protocol v2 over HTTP with a dynamic
+                 batcher (uvicorn, or Ray Serve), a load test, a Triton model repository.
 
 At the top: ``errors`` (the user-error family and exit codes), ``reporting`` (JSON, tables, atomic
 output files), ``inspection`` (``dcd-deploy inspect``), ``testing`` (``assert_parity`` for users'
