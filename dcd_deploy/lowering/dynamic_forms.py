@@ -42,7 +42,9 @@ from torch.nn import functional as F
 from .folding import bn_affine
 from .shapes import keep_batch_reshape
 
-FORMS = ("kernel", "experts", "loop")
+FORMS = ("kernel", "experts", "unfold", "loop")
+# Forms whose exported graph holds control flow (an ONNX Loop): never offered for --target cuda.
+CONTROL_FLOW_FORMS = frozenset({"loop"})
 
 # The custom node the loop form exports, replaced by a standard ONNX Loop after export.
 PER_SAMPLE_DOMAIN = "dcd_deploy"
@@ -328,8 +330,9 @@ def experts_ok(kernel: int, has_spatial: bool) -> bool:
     return kernel == 1 or not has_spatial
 
 
-class LoopForm(_Form):
-    """The per-sample kernel, then one convolution per sample (an ONNX Loop once exported)."""
+class _PerSampleKernelForm(_Form):
+    """The per-sample kernel (α_s, and α_f / α_c where the kernel is the smaller, folded in), then one
+    convolution per sample with it: :meth:`convolve` says how."""
 
     def __init__(self, bank: ExpertBank, in_hw: tuple[int, int] | None):
         super().__init__(bank, in_hw)
@@ -341,6 +344,10 @@ class LoopForm(_Form):
         self.fold_channel = _fold_into_kernel(kernel_elems, None if in_hw is None else c_in * in_hw[0] * in_hw[1])
         self.fold_filter = _fold_into_kernel(kernel_elems, None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1])
 
+    def convolve(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, shared: bool) -> torch.Tensor:
+        """``kernel`` (N, C_out, C_in/g, k, k), or (1, …) when ``shared`` by every sample."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, att: Attentions) -> torch.Tensor:
         if att.channel is not None and not self.fold_channel:
             x = x * att.channel.view(-1, att.channel.shape[1], 1, 1)
@@ -349,12 +356,10 @@ class LoopForm(_Form):
         # example's batch size (1), which would put a full copy of every per-sample kernel in the graph.
         shared = not self.routed and att.spatial is None and (att.filter is None or not self.fold_filter) \
             and (att.channel is None or not self.fold_channel)
-        if shared:  # one expert and no per-sample attention on the kernel
-            kernel = kernel.expand(x.shape[0], -1, -1, -1)
         kernel = kernel.reshape(-1, self.c_out, self.c_in_g, self.k, self.k)
         scale_after = att.filter is not None and not self.fold_filter
         bias = self.per_sample_bias(att, not scale_after)
-        out = per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+        out = self.convolve(x, kernel, bias, shared)
         if scale_after:
             out = out * att.filter.view(-1, self.c_out, 1, 1)
             if self.shift is not None:
@@ -362,7 +367,28 @@ class LoopForm(_Form):
         return out
 
 
-FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "loop": LoopForm}
+class LoopForm(_PerSampleKernelForm):
+    """One convolution per sample with its kernel: an ONNX Loop once exported."""
+
+    def convolve(self, x, kernel, bias, shared):
+        if shared:  # one expert and no per-sample attention on the kernel
+            kernel = kernel.expand(x.shape[0], -1, -1, -1, -1)
+        return per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class UnfoldForm(_PerSampleKernelForm):
+    """No control flow: the input unfolded by one static Conv, then one batched MatMul with the
+    per-sample kernel (:func:`per_sample_conv_unfold`). α_s stays folded in the kernel: the kernel is
+    formed per sample anyway and holds C_out·C_in/g·k² values, fewer than the unfolded map's
+    C_in·k²·H'W' whenever C_out/g < H'W'. A kernel shared by every sample broadcasts in the MatMul."""
+
+    def convolve(self, x, kernel, bias, shared):
+        return per_sample_conv_unfold(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups,
+                                      out_hw=self.out_hw)
+
+
+FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "unfold": UnfoldForm,
+                                      "loop": LoopForm}
 
 
 def dense(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
