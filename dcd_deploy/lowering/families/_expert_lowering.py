@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..dynamic_forms import CONTROL_FLOW_FORMS, ExpertBank, LoweredDynamicConv, experts_ok
+from ..dynamic_forms import CONTROL_FLOW_FORMS, FORMS, ExpertBank, LoweredDynamicConv, experts_ok
 from ..family import LayerFamily, LayerInfo, LowerOptions
 
 
