@@ -153,3 +153,23 @@ def test_the_loop_form_is_refused_for_cuda(tmp_path):
     with pytest.raises(InputError, match="control flow"):
         export(build("odconv"), tmp_path / "x.onnx", input_size=SIZE, target="cuda", form="loop")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_tune_times_every_expert_form_on_cpu_and_none_with_control_flow_for_cuda(tmp_path):
+    """--tune on CPU times the loop form too (its Loop expanded as in the file); the forms a CUDA
+    tuning would time are those of target_forms, which has no control-flow form."""
+    from dcd_deploy.exporting.tuning import time_forms, tuned_form_chooser
+    from dcd_deploy.lowering import FAMILIES
+    from dcd_deploy.lowering.costmodel import target_forms
+    from sample_models import dynamic_nets as dn
+
+    layer = dn.Dynamic_conv2d(8, 8, 3, padding=1, K=4, bias=False).eval()
+    family = FAMILIES["dyconv"]
+    info = family.match(layer)
+    shape = (2, 8, 10, 10)
+    assert set(time_forms(layer, info, shape, family.forms(info, shape), 1, 2)) == {"experts", "unfold", "loop"}
+    assert target_forms(family, info, shape, "cuda") == ["experts", "unfold"]
+    lines: list[str] = []
+    chooser = tuned_form_chooser(threads=1, runs=2, on_progress=lines.append)
+    assert export(build("dyconv"), tmp_path / "tuned.onnx", input_size=SIZE, form=chooser)
+    assert lines and all("loop" in line for line in lines if "3×3" in line)
