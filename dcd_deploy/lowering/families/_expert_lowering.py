@@ -48,13 +48,18 @@ def available_forms(info_kernel: int, stride: int, padding: int, groups: int, ha
     return forms
 
 
-KERNEL_COST = 4.0  # writing and reading back one element of a per-sample kernel
-PASS_COST = 2.0  # one element of an elementwise pass over a feature map
-LOOP_CONV_FACTOR = 1.5  # a Conv whose weight is computed: no pre-packed weights
-LOOP_FIXED = 3.0e4  # one Loop iteration (subgraph execution)
+# CPU constants, fitted on ONNX Runtime 1.32 CPU (2 threads, 224×224, batch 1 and 8, the four networks of
+# benchmarks/dynamic_families.py) by `python benchmarks/fit_cost_model.py --families --json
+# benchmarks/results/fit_cost_model_families_cpu.json` (re-scored with `--load` on that file): the least
+# time lost over 112 measured (layer, batch) pairs, 6.3 % of the best choices' time (the constants before
+# the fit lost 54 % with the unfold form added). The plateau is wide: see the file's "fit".
+KERNEL_COST = 8.0  # writing and reading back one element of a per-sample kernel
+PASS_COST = 16.0  # one element of an elementwise pass over a feature map
+LOOP_CONV_FACTOR = 1.0  # a Conv whose weight is computed: no pre-packed weights
+LOOP_FIXED = 1.0e6  # one Loop iteration (subgraph execution, a Conv set up for one sample's weight)
 DEPTHWISE_FACTOR = 4.0  # a grouped conv runs far below the GEMM rate of a full one, per MAC
 UNFOLD_CONV_FACTOR = 1.0  # the unfold form's batched MatMul, per MAC of the convolution
-UNFOLD_COST = 2.0  # one element of the unfolded map (written by the one-hot Conv, read by the MatMul)
+UNFOLD_COST = 4.0  # one element of the unfolded map (written by the one-hot Conv, read by the MatMul)
 LAUNCH_US = 4.0  # CUDA: one kernel launch
 BYTES_PER_US = 2e6  # CUDA: ~2 TB/s of device memory
 
