@@ -6,7 +6,8 @@ round-robin (``dcd_deploy.runtime.timing.measure_interleaved``), 2 threads, intr
 
 * ``plain``: ``torch.onnx.export`` (TorchScript) of the original network at that fixed batch,
   what a user gets today (one file per batch size; the dynamic-batch export fails); for the DCD
-  networks of the zoo, which TorchScript cannot export, ``torch.onnx.export(dynamo=True)`` at that batch;
+  networks of the zoo, which TorchScript cannot export, ``torch.onnx.export(dynamo=True)`` with a
+  dynamic batch (one file, as ``benchmarks/static_twin_ratio.py``'s plain row);
 * ``dcd-deploy``: the ONE dynamic-batch graph: every dynamic layer lowered (forms from the CPU
   cost model, or ``--form``), exported with a dynamic batch, per-sample convolutions expanded into
   ONNX Loops (``dcd_deploy.exporting.loops``), simplified with onnxsim;
@@ -48,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dcd_deploy.bench.naive import naive_export
 from dcd_deploy.exporting.loops import count_loops, expand_per_sample_convs
 from dcd_deploy.exporting.pipeline import simplify
 from dcd_deploy.lowering import lower_model, relative_error
@@ -81,16 +83,17 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor, dynamic: bool) -> onnx.ModelP
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _plain(model: torch.nn.Module, x: torch.Tensor) -> bytes:
-    """The original network exported at ``x``'s batch: TorchScript, else (DCD networks) dynamo."""
-    try:
+def _plain(name: str, model: torch.nn.Module, x: torch.Tensor, cache: dict[str, bytes]) -> bytes:
+    """The original network exported at ``x``'s batch (TorchScript); a DCD network of the zoo with
+    ``dynamo=True`` and a dynamic batch, once (TorchScript cannot trace its layers)."""
+    if name not in ZOO:
         return _onnx(model, x, dynamic=False).SerializeToString()
-    except Exception:  # noqa: BLE001 - TorchScript cannot trace DCD's layers; dynamo can
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (x,), dynamo=True, verbose=False, input_names=["input"],
-                                        output_names=["logits"])
-        return program.model_proto.SerializeToString()
+    if name not in cache:
+        data, _, failure = naive_export(model, tuple(x.shape[2:]), ("dynamo",))
+        if data is None:
+            raise SystemExit(f"the plain export of {name} failed: {failure}")
+        cache[name] = data
+    return cache[name]
 
 
 def control_flow(graph: onnx.GraphProto) -> list[str]:
@@ -142,10 +145,10 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     model = build(name)
     dyn, forms = dynamic_graph(model, args.size, args.form, args.target or args.provider)
     twin = twin_graph(model, args.size)
-    rows = []
+    rows, plain_cache = [], {}
     for batch in args.batches:
         x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(batch))
-        plain = _plain(model, x)
+        plain = _plain(name, model, x, plain_cache)
         runners = [OrtRunner(label, graph, x.numpy(), provider_name(args.provider), args.threads, args.cuda_graph)
                    for label, graph in (("plain", plain), ("dcd-deploy", dyn), ("twin", twin))]
         measured = {m.label: m for m in measure_interleaved(runners, warmup=args.warmup, runs=args.runs,

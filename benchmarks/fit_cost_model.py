@@ -19,7 +19,7 @@ current constants lose.
 ``experts``, ``unfold``, ``loop``), timed the same way, per sample, at each batch; then the constants of
 ``dcd_deploy/lowering/families/_expert_lowering.py`` are searched for the least lost time (on CPU:
 KERNEL_COST, PASS_COST, LOOP_CONV_FACTOR, LOOP_FIXED, DEPTHWISE_FACTOR, UNFOLD_CONV_FACTOR,
-UNFOLD_COST; with ``--provider cuda``: LAUNCH_US and BYTES_PER_US, over the forms without control
+UNFOLD_COST; with ``--provider cuda``: LAUNCH_US, BYTES_PER_US and MACS_PER_US, over the forms without control
 flow, which is what ``benchmarks/gpu_check.sh`` runs). Both modes use one search (:func:`search`):
 every grid point when the grid is small (DCD's three constants), else coordinate descent from the
 current constants.
@@ -238,7 +238,8 @@ FAMILY_GRIDS = {
         "unfold_conv_factor": (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6),
         "unfold_cost": (0, 0.5, 1, 2, 4, 8, 16, 32),
     },
-    "cuda": {"launch_us": (1, 2, 3, 4, 6, 8, 12, 16), "bytes_per_us": (2.5e5, 5e5, 1e6, 2e6, 3e6, 4e6)},
+    "cuda": {"launch_us": (1, 2, 3, 4, 6, 8, 12, 16), "bytes_per_us": (2.5e5, 5e5, 1e6, 2e6, 3e6, 4e6),
+             "macs_per_us": (5e6, 1e7, 2e7, 5e7, 1e8, 2e8, 4e8)},
 }
 
 
