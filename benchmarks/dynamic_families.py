@@ -197,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.size}×{args.size}, {args.threads} threads, median of {args.runs}")
     print("| model | batch | plain ms | dcd-deploy ms | dyn/plain | twin ms | dyn/twin | rel. error | forms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = [row for name in args.models.split(",") for row in bench_model(name, args)]
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rows: list[dict] = []
+    for name in args.models.split(","):
+        rows += bench_model(name, args)
+        if args.json:  # after every network: a run stopped by a time limit keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
     missed = [r for r in rows if not meets_target(r)]
     for r in missed:
         print(f"target missed: {r['model']} batch {r['batch']}: dyn/plain {r['dyn_over_plain']:.2f}, "

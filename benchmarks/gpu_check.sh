@@ -15,7 +15,8 @@
 #    benchmarks/dynamic_families.py and resnet50_dcd / mobilenetv2_dcd at batch 1, 16 and 64, every
 #    graph with CUDA graphs: the plain static-batch export, the --target cuda dynamic-batch graph
 #    (checked free of control flow) and the static twin; targets: dyn/plain <= 1.0 at batch 16 and
-#    64, DCD's dyn/twin <= 1.5 at batch 64 (the step's exit status);
+#    64, DCD's dyn/twin <= 1.5 at batch 64 (the step's exit status); the JSON is rewritten after
+#    every network, so a run stopped by FAMILIES_LIMIT_S keeps the rows it measured;
 # 6. (part "fit") the per-form CUDA timings of every distinct CondConv / DyConv / ODConv layer of
 #    those networks (benchmarks/fit_cost_model.py --families --provider cuda), for fitting the CUDA
 #    constants of lowering/families/_expert_lowering.py (LAUNCH_US, BYTES_PER_US, MACS_PER_US) later.
