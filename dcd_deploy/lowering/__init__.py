@@ -14,6 +14,7 @@ from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_mod
 FORM_CHOICES = ("auto", *families.dcd_conv.FORMS, *families._expert_lowering.FORMS)
 
 __all__ = [
-    "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",
+    "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions",
+    "Mismatch",
     "RewriteReport", "find_dcd_layers", "find_dynamic_layers", "lower_model", "register_family", "relative_error",
 ]

@@ -20,9 +20,10 @@ convolutions, which run far below a full convolution's GEMM rate):
 * CUDA, in microseconds per sample: kernel launches (4 µs each, per call, weighed at batch 16 or
   the export's batch) plus the bytes moved at ~2 TB/s (the unfold form writes and reads its unfolded
   map, C_in·k²·HW values) plus the arithmetic at ~50 TMAC/s (the experts form does K convolutions);
-  the loop form pays two launches per sample, and is never chosen on CUDA (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model,
-  not a fit: no GPU has measured them yet (``benchmarks/gpu_check.sh`` records the per-form CUDA
-  timings for one).
+  the loop form pays two launches per sample, and is never chosen on CUDA
+  (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model, not a fit: no GPU
+  has measured them yet (``benchmarks/gpu_check.sh``'s "fit" part records the per-form CUDA timings
+  for one).
 
 ``--tune`` measures the forms instead.
 """
