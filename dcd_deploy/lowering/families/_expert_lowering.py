@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..dynamic_forms import CONTROL_FLOW_FORMS, FORMS, ExpertBank, LoweredDynamicConv, experts_ok
+from ..dynamic_forms import CONTROL_FLOW_FORMS, ExpertBank, LoweredDynamicConv, experts_ok
 from ..family import LayerFamily, LayerInfo, LowerOptions
 
 
@@ -89,7 +89,7 @@ class ExpertMixingFamily(LayerFamily):
 
     def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
         """Estimated cost per sample of each form: CPU in MAC-equivalents, CUDA in microseconds.
-        ``constants`` override the module's CPU constants by lower-case name (for fitting them)."""
+        ``constants`` override the module's constants by lower-case name (for fitting them, see :func:`form_costs`)."""
         forms = [f for f in self.forms(info, in_shape) if target != "cuda" or f not in self.control_flow_forms]
         return {form: cost for form, cost in form_costs(info, in_shape, target, **constants).items() if form in forms}
 
