@@ -14,7 +14,7 @@ The BatchNorm ``(g, h)`` that follows the layer is folded into every expert: ``W
 ``Σ_k a_nk = 1``: softmax routing without a filter attention. CondConv's sigmoid routing does not
 sum to 1, so h is kept out of the experts unless the routing is known to sum to one.)
 
-Three forms compute this with a dynamic batch:
+Four forms compute this with a dynamic batch:
 
 * ``kernel`` (1×1, padding 0, groups 1): ``K_n = Σ_k a_nk W_k`` with α_f scaling its rows and α_c its
   columns, then one batched MatMul with x (N, C_in, HW) and the per-sample bias. Forming the
@@ -24,9 +24,15 @@ Three forms compute this with a dynamic batch:
   sum (a batched MatMul, or Mul + ReduceSum when α_f or groups make the weights per channel).
   K× the arithmetic, all of it in a static convolution. α_c scales x first. α_s varies over the
   k×k taps per sample, which no static convolution can follow: this form needs k = 1 or no α_s.
+* ``unfold``: the per-sample kernel as above (α_s folded in), then :func:`per_sample_conv_unfold`:
+  the input unfolded by ONE static depthwise Conv with one-hot kernels (channel c·k²+t is input
+  channel c at tap t, so each group's C_in/g·k² columns are contiguous), and one batched MatMul of
+  the kernel (N, g, C_out/g, C_in/g·k²) with it. 1× the arithmetic for any kernel size and only
+  static operators: no control flow, so CUDA graphs capture it and tract runs it.
 * ``loop``: the per-sample kernel as above, then :class:`PerSampleConv`, which the exporter turns
   into an ONNX ``Loop`` over the batch running one ``Conv`` per sample with that sample's weight
-  (``dcd_deploy.exporting.loops``). 1× the arithmetic for any kernel size.
+  (``dcd_deploy.exporting.loops``). 1× the arithmetic for any kernel size; control flow, so never
+  written for ``--target cuda`` (:data:`CONTROL_FLOW_FORMS`).
 """
 
 from __future__ import annotations
@@ -39,12 +45,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from .folding import bn_affine
+from .per_sample import (  # noqa: F401  (the per-sample convolutions are part of this module's interface)
+    PER_SAMPLE_DOMAIN,
+    PER_SAMPLE_OP,
+    Pair,
+    pair,
+    per_sample_conv,
+    per_sample_conv_unfold,
+    unfold_taps,
+)
 
-FORMS = ("kernel", "experts", "loop")
+FORMS = ("kernel", "experts", "unfold", "loop")
+# Forms whose exported graph holds control flow (an ONNX Loop): never offered for --target cuda.
+CONTROL_FLOW_FORMS = frozenset({"loop"})
 
-# The custom node the loop form exports, replaced by a standard ONNX Loop after export.
-PER_SAMPLE_DOMAIN = "dcd_deploy"
-PER_SAMPLE_OP = "PerSampleConv"
 
 
 class Attentions(NamedTuple):
@@ -109,36 +123,6 @@ def _buffer(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
 def _fold_into_kernel(kernel_elems: int, map_elems: int | None) -> bool:
     """Scale the per-sample kernel (rather than the feature map) when the kernel is the smaller."""
     return map_elems is None or kernel_elems <= map_elems
-
-
-class _PerSampleConvFn(torch.autograd.Function):
-    """Conv2d of each sample with its own weight (and bias); exported as one custom node."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride: int, padding: int, dilation: int, groups: int):
-        n = x.shape[0]
-        if bias is not None and bias.dim() == 1:
-            bias = bias.repeat(n)
-        out = F.conv2d(x.reshape(1, -1, x.shape[2], x.shape[3]), weight.reshape(-1, *weight.shape[2:]),
-                       None if bias is None else bias.reshape(-1), stride, padding, dilation, groups * n)
-        return out.view(n, -1, out.shape[2], out.shape[3]).clone()  # not a view: callers may write in place
-
-    @staticmethod
-    def symbolic(g, x, weight, bias, stride: int, padding: int, dilation: int, groups: int):
-        inputs = [x, weight] if bias is None or bias.node().mustBeNone() else [x, weight, bias]
-        per_sample_bias = int(len(inputs) == 3 and bias.type().dim() == 2)
-        out = g.op(f"{PER_SAMPLE_DOMAIN}::{PER_SAMPLE_OP}", *inputs, strides_i=[stride, stride],
-                   pads_i=[padding] * 4, dilations_i=[dilation, dilation], group_i=groups,
-                   per_sample_bias_i=per_sample_bias)
-        out.setType(x.type().with_sizes([None] * 4))
-        return out
-
-
-def per_sample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
-                    padding: int = 0, dilation: int = 1, groups: int = 1) -> torch.Tensor:
-    """``out[n] = conv2d(x[n], weight[n], bias[n])``: ``weight`` (N, C_out, C_in/g, k, k), ``bias``
-    (N, C_out) per sample or (C_out,) shared, or None."""
-    return _PerSampleConvFn.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
 class _Form(nn.Module):
@@ -253,8 +237,9 @@ def experts_ok(kernel: int, has_spatial: bool) -> bool:
     return kernel == 1 or not has_spatial
 
 
-class LoopForm(_Form):
-    """The per-sample kernel, then one convolution per sample (an ONNX Loop once exported)."""
+class _PerSampleKernelForm(_Form):
+    """The per-sample kernel (α_s, and α_f / α_c where the kernel is the smaller, folded in), then one
+    convolution per sample with it: :meth:`convolve` says how."""
 
     def __init__(self, bank: ExpertBank, in_hw: tuple[int, int] | None):
         super().__init__(bank, in_hw)
@@ -264,7 +249,12 @@ class LoopForm(_Form):
         kernel_elems = bank.weight[0].numel()
         c_in = bank.weight.shape[2] * bank.groups
         self.fold_channel = _fold_into_kernel(kernel_elems, None if in_hw is None else c_in * in_hw[0] * in_hw[1])
-        self.fold_filter = _fold_into_kernel(kernel_elems, None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1])
+        out_elems = None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1]
+        self.fold_filter = _fold_into_kernel(kernel_elems, out_elems)
+
+    def convolve(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, shared: bool) -> torch.Tensor:
+        """``kernel`` (N, C_out, C_in/g, k, k), or (1, …) when ``shared`` by every sample."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, att: Attentions) -> torch.Tensor:
         if att.channel is not None and not self.fold_channel:
@@ -274,12 +264,10 @@ class LoopForm(_Form):
         # example's batch size (1), which would put a full copy of every per-sample kernel in the graph.
         shared = not self.routed and att.spatial is None and (att.filter is None or not self.fold_filter) \
             and (att.channel is None or not self.fold_channel)
-        if shared:  # one expert and no per-sample attention on the kernel
-            kernel = kernel.expand(x.shape[0], -1, -1, -1)
         kernel = kernel.reshape(-1, self.c_out, self.c_in_g, self.k, self.k)
         scale_after = att.filter is not None and not self.fold_filter
         bias = self.per_sample_bias(att, not scale_after)
-        out = per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+        out = self.convolve(x, kernel, bias, shared)
         if scale_after:
             out = out * att.filter.view(-1, self.c_out, 1, 1)
             if self.shift is not None:
@@ -287,7 +275,28 @@ class LoopForm(_Form):
         return out
 
 
-FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "loop": LoopForm}
+class LoopForm(_PerSampleKernelForm):
+    """One convolution per sample with its kernel: an ONNX Loop once exported."""
+
+    def convolve(self, x, kernel, bias, shared):
+        if shared:  # one expert and no per-sample attention on the kernel
+            kernel = kernel.expand(x.shape[0], -1, -1, -1, -1)
+        return per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class UnfoldForm(_PerSampleKernelForm):
+    """No control flow: the input unfolded by one static Conv, then one batched MatMul with the
+    per-sample kernel (:func:`per_sample_conv_unfold`). α_s stays folded in the kernel: the kernel is
+    formed per sample anyway and holds C_out·C_in/g·k² values, fewer than the unfolded map's
+    C_in·k²·H'W' whenever C_out/g < H'W'. A kernel shared by every sample broadcasts in the MatMul."""
+
+    def convolve(self, x, kernel, bias, shared):
+        return per_sample_conv_unfold(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups,
+                                      out_hw=self.out_hw)
+
+
+FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "unfold": UnfoldForm,
+                                      "loop": LoopForm}
 
 
 def dense(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
