@@ -30,7 +30,7 @@ def serving_options(f: Any) -> Any:
         click.option("--preferred-batch", default="auto", show_default=True, callback=parse_preferred,
                      metavar="auto|N[,M...]",
                      help="Batch size(s) to form when more samples wait (each ≤ --max-batch). auto: the fastest "
-                          "power of two, measured on the session at start-up (≤ ~3 s, before the server is ready)."),
+                          "power of two, measured on the session at start-up (about 3 s, before the server reports ready)."),
         click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
                      help="How long a batch waits to fill while the model is idle."),
         click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
