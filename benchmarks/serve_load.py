@@ -13,6 +13,8 @@ values) exported by ``dcd_deploy.export`` at ``--size`` with a dynamic batch axi
   local Ray instance, one replica) with each ``--max-batch``, started as the real command
   (``dcd-deploy serve``) on a free port of 127.0.0.1 and loaded with ``dcd_deploy.serve.loadtest``
   (tritonclient, binary tensors, single-image requests) at each concurrency for ``--duration`` seconds.
+  Each server runs with ``--preferred-batch`` (default ``auto``: it measures its own best batch at
+  start-up); the size it chose is read from its model metadata and written to the JSON per round.
 
 The client runs on the same machine as the server (as in the issue's measurements), so on a
 small CPU it takes cores from the server. Prints one table and writes JSON (``--json``).
@@ -87,10 +89,10 @@ def free_port() -> int:
 
 
 def start_server(path: Path, mode: str, max_batch: int, threads: int | None, log: Path,
-                 provider: str = "cpu") -> tuple[subprocess.Popen, str]:
+                 provider: str = "cpu", preferred: str = "auto") -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "dcd_deploy_cli.main", "serve", str(path), "--name", "m", "--port", str(port),
-           "--max-batch", str(max_batch), "--providers", provider] + (["--threads", str(threads)] if threads else []) + (["--ray"] if mode == "ray" else [])
+           "--max-batch", str(max_batch), "--preferred-batch", preferred, "--providers", provider] + (["--threads", str(threads)] if threads else []) + (["--ray"] if mode == "ray" else [])
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -117,9 +119,13 @@ def stop_server(proc: subprocess.Popen) -> int:
 
 
 def measure_server(path: Path, mode: str, max_batch: int, levels: list[int], duration: float, threads: int | None,
-                   workdir: Path, provider: str = "cpu") -> list[dict]:
-    proc, host = start_server(path, mode, max_batch, threads, workdir / f"{path.stem}-{mode}-{max_batch}.log", provider)
+                   workdir: Path, provider: str = "cpu", preferred: str = "auto") -> list[dict]:
+    proc, host = start_server(path, mode, max_batch, threads, workdir / f"{path.stem}-{mode}-{max_batch}.log", provider,
+                              preferred)
     try:
+        with urllib.request.urlopen(f"http://{host}/v2/models/m", timeout=30) as r:
+            params = json.loads(r.read())["parameters"]
+        chosen = {k: v for k, v in params.items() if k.startswith("preferred_batch")}
         loadtest(host, "m", [1], duration=min(2.0, duration))  # warm-up level, not reported
         result = loadtest(host, "m", levels, duration=duration)
     finally:
@@ -128,6 +134,7 @@ def measure_server(path: Path, mode: str, max_batch: int, levels: list[int], dur
     for row in rows:
         row.pop("error_messages", None)
         row["exit_code"] = code
+        row["preferred"] = chosen
     return rows
 
 
@@ -147,7 +154,9 @@ def measure_config(path: Path, arch: str, mode: str, max_batch: int, levels: lis
               f"{direct['batch1_p50_ms']:.1f} ms; best {direct['best_throughput']:.1f} img/s at batch "
               f"{direct['best_batch']} (" + ", ".join(f"b{b} {t:.1f}" for b, t in direct["throughput"].items()) + ")",
               flush=True)
-        rows = measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir, args.providers)
+        rows = measure_server(path, mode, max_batch, levels, args.duration, args.threads, workdir, args.providers,
+                              args.preferred_batch)
+        print(f"  server's preferred batch: {rows[0]['preferred']}", flush=True)
         for row in rows:
             row.update(ort=direct, vs_ort_best=row["throughput"] / direct["best_throughput"],
                        p50_minus_ort_b1_ms=None if row["p50"] is None else row["p50"] - direct["batch1_p50_ms"])
@@ -156,6 +165,7 @@ def measure_config(path: Path, arch: str, mode: str, max_batch: int, levels: lis
     for i, concurrency in enumerate(levels):
         per_round = [r[i] for r in rounds]
         row = {"concurrency": concurrency, "mode": mode, "max_batch": max_batch,
+               "preferred_batch": [r["preferred"].get("preferred_batch_size") for r in per_round],
                "errors": sum(r["errors"] for r in per_round), "answered": sum(r["answered"] for r in per_round),
                "exit_code": max(r["exit_code"] for r in per_round), "rounds": per_round,
                "ort": {"batch1_p50_ms": _median([r["ort"]["batch1_p50_ms"] for r in per_round]),
@@ -178,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                    "direct measurement); the table gives medians over rounds")
     p.add_argument("--ort-runs", type=int, default=60, help="ONNX Runtime runs at batch 1 (fewer at larger batches)")
     p.add_argument("--providers", default="cpu", help="one ONNX Runtime provider, server and direct (cuda on a GPU machine)")
+    p.add_argument("--preferred-batch", default="auto", help="the servers' --preferred-batch (auto: each server "
+                   "measures its own at start-up; the choice of each round is in the JSON)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (server and direct). Default: all cores.")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = p.parse_args(argv)
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(), "versions": versions(), "size": args.size, "duration_s": args.duration,
               "rounds": args.rounds,
               "provider": args.providers,
-              "threads": args.threads, "command": "python benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
+              "threads": args.threads, "preferred_batch": args.preferred_batch, "command": "python benchmarks/serve_load.py " + " ".join(argv or sys.argv[1:]),
               "models": {}}
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                 for max_batch in (int(b) for b in args.max_batches.split(",")):
                     for row in measure_config(path, arch, mode, max_batch, levels, args, workdir):
                         entry["servers"].append(row)
-                        lines.append([arch, mode, str(max_batch), str(row["concurrency"]), f"{row['throughput']:.1f}",
+                        chosen = ",".join("/".join(map(str, p)) if p else "?" for p in row["preferred_batch"])
+                        lines.append([arch, mode, str(max_batch), chosen, str(row["concurrency"]), f"{row['throughput']:.1f}",
                                       f"{row['vs_ort_best']:.2f}×", *(f"{row[k]:.1f}" if row[k] is not None else "—"
                                                                       for k in ("p50", "p90", "p99")),
                                       f"{row['ort']['batch1_p50_ms']:.1f}", f"{row['ort']['best_throughput']:.1f}",
                                       f"{row['p50_minus_ort_b1_ms']:+.1f}" if row["p50"] is not None else "—",
                                       str(row["errors"])])
             report["models"][arch] = entry
-    print(table(["model", "server", "max-batch", "conc.", "infer/s", "×ort best", "p50 ms", "p90 ms", "p99 ms",
-                 "ort b1 ms", "ort best/s", "p50−ort b1", "errors"], lines, align="lllrrrrrrrrrr"))
+    print(table(["model", "server", "max-batch", "preferred", "conc.", "infer/s", "×ort best", "p50 ms", "p90 ms", "p99 ms",
+                 "ort b1 ms", "ort best/s", "p50−ort b1", "errors"], lines, align="llllrrrrrrrrrr"))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -3,7 +3,7 @@ a load test and a Triton model repository.
 
 ``model`` (one ONNX Runtime session and what the file declares) → ``protocol`` (OIP v2 encoding and
 decoding, JSON and binary tensors; nothing else) → ``batching`` (the asyncio queue that batches
-concurrent requests) → ``app`` (the ASGI application and its uvicorn server; ``metrics`` its
+concurrent requests; ``preferred`` the batch size it forms, given or measured at start-up) → ``app`` (the ASGI application and its uvicorn server; ``metrics`` its
 Prometheus counters) → ``ray_app`` (the same routes as a Ray Serve deployment with ``@serve.batch``).
 ``loadtest`` drives any OIP server with ``tritonclient``; ``repository`` writes a Triton model
 repository. Heavy libraries (ray, tritonclient, uvicorn) are imported only by the modules that need them.

@@ -14,6 +14,7 @@ routes. Paths::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -30,6 +31,7 @@ from ..errors import InputError, summarize_exception
 from .batching import BatchQueue, QueueFull
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .model import ServedModel
+from .preferred import BUDGET_S, PreferredBatch, measure_model, plan
 from .protocol import HEADER_LENGTH, ProtocolError, decode_infer_request, decompress, encode_infer_response, error_body
 
 log = logging.getLogger("dcd_deploy.serve")
@@ -122,42 +124,77 @@ async def dispatch(request: Any, backend: Any):
 
 
 class LocalBackend:
-    """The in-process backend: a batching queue in front of one ONNX Runtime session."""
+    """The in-process backend: a batching queue in front of one ONNX Runtime session.
 
-    def __init__(self, model: ServedModel, wait_s: float, max_queue: int):
+    With ``--preferred-batch auto`` the preferred size is measured on the session (in a thread) after
+    the queue starts; the server reports ready (``/v2/health/ready``) only once it is chosen.
+    """
+
+    def __init__(self, model: ServedModel, wait_s: float, max_queue: int, preferred: str | tuple[int, ...] = "auto"):
         self.model = model
         self.metrics = ServeMetrics(model.name)
         self.queue = BatchQueue(model.run, model.max_batch, wait_s, max_queue, on_batch=self.metrics.batch)
+        self.preferred = plan(preferred, model)  # None: measured at start
         self.ready = False
+        self._choosing: asyncio.Task | None = None
 
     async def infer(self, batch):
         self.metrics.queue_depth.labels(self.model.name).set(self.queue.depth)
         return await self.queue.submit(batch)
 
-    def start(self) -> None:
+    def _use(self, preferred: PreferredBatch) -> None:
+        self.preferred = preferred
+        self.queue.preferred = preferred.sizes
+        self.model.parameters.update(preferred.parameters())
+        self.metrics.preferred_batch.labels(self.model.name).set(preferred.largest)
+
+    def start(self, on_ready: Callable[[], None] | None = None) -> None:
         self.queue.start()
-        self.ready = True
+
+        def ready() -> None:
+            self.ready = True
+            if on_ready is not None:
+                on_ready()
+
+        if self.preferred is not None:
+            self._use(self.preferred)
+            ready()
+            return
+
+        async def choose() -> None:
+            try:
+                chosen = await asyncio.to_thread(measure_model, self.model)
+            except Exception:  # noqa: BLE001 - a model that fails here fails its requests too; serve them the full batch
+                log.exception("measuring the preferred batch failed; preferring --max-batch")
+                chosen = PreferredBatch((self.model.max_batch,))
+            self._use(chosen)
+            ready()
+
+        self._choosing = asyncio.get_running_loop().create_task(choose())
 
     async def stop(self) -> None:
         self.ready = False
+        if self._choosing is not None:
+            self._choosing.cancel()
+            await asyncio.gather(self._choosing, return_exceptions=True)
         await self.queue.stop()
 
 
-def build_app(model: ServedModel, wait_s: float = 0.002, max_queue: int = 256, on_ready: Callable[[], None] | None = None):
-    """The Starlette application serving ``model``; its lifespan starts and stops the batching queue."""
+def build_app(model: ServedModel, wait_s: float = 0.002, max_queue: int = 256, on_ready: Callable[[], None] | None = None,
+              preferred: str | tuple[int, ...] = "auto"):
+    """The Starlette application serving ``model``; its lifespan starts and stops the batching queue
+    (``on_ready`` is called once the server is ready: after the preferred batch is measured)."""
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    backend = LocalBackend(model, wait_s, max_queue)
+    backend = LocalBackend(model, wait_s, max_queue, preferred)
 
     async def endpoint(request):
         return await dispatch(request, backend)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        backend.start()
-        if on_ready is not None:
-            on_ready()
+        backend.start(on_ready)
         try:
             yield
         finally:
@@ -211,19 +248,23 @@ def run_uvicorn(app: Any, sock: socket.socket, graceful_s: float = 5.0) -> None:
 
 def serve_forever(model_path: str, name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                   max_batch: int = 16, batch_wait_ms: float = 2.0, providers: str = "cpu", threads: int | None = None,
-                  max_queue: int = 256, say: Callable[[str], None] = print) -> None:
+                  max_queue: int = 256, preferred_batch: str = "auto", say: Callable[[str], None] = print) -> None:
     """``dcd-deploy serve``: load the model, listen, serve until Ctrl-C (KeyboardInterrupt) or SIGTERM (returns)."""
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
         model = ServedModel(model_path, name, providers, threads, max_batch)
-        sock = bind(host, port)
-        where = f"http://{host}:{sock.getsockname()[1]}"
 
         def ready() -> None:
-            say(f"serving {model.name!r} ({model.precision}, {model.provider}, max batch {model.max_batch}) at {where} "
+            say(f"serving {model.name!r} ({model.precision}, {model.provider}, max batch {model.max_batch}, "
+                f"{app.state.backend.preferred.describe()}) at {where} "
                 f"(Open Inference Protocol v2; metrics at {where}/metrics); Ctrl-C or SIGTERM stops")
 
-        run_uvicorn(build_app(model, batch_wait_ms / 1e3, max_queue, on_ready=ready), sock)
+        app = build_app(model, batch_wait_ms / 1e3, max_queue, on_ready=ready, preferred=preferred_batch)
+        sock = bind(host, port)
+        where = f"http://{host}:{sock.getsockname()[1]}"
+        if app.state.backend.preferred is None:
+            say(f"measuring the preferred batch (about {BUDGET_S:.0f} s; /v2/health/ready says false until then)")
+        run_uvicorn(app, sock)
     except Stopped:
         say("stopped (SIGTERM)")
     except OSError as exc:  # e.g. out of file descriptors: an environment problem, said in one sentence

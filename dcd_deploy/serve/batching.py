@@ -9,6 +9,13 @@ concatenates them, runs the model once in its own thread (one session call at a 
 Runtime's intra-op threads are the parallelism) and hands each request its slice of every output.
 While the model runs, new requests queue, so under load a batch fills without waiting at all.
 
+Preferred sizes (``preferred``, ascending, each ≤ ``max_batch``; Triton's ``preferred_batch_size``):
+when at least the smallest preferred size waits, a run takes requests only up to the largest
+preferred size that waits, so a deep queue drains in consecutive batches of the preferred size
+rather than in batches of ``max_batch`` (which on a small CPU can be slower per sample). A single
+request larger than that still runs whole (it is at most ``max_batch``), and the fill waits for no
+more than the largest preferred size. Without ``preferred`` (or with ``max_batch``) it is the same.
+
 At most ``max_queue`` requests wait: one more is refused at once (:class:`QueueFull`, HTTP 503),
 never left hanging. A request whose client went away (its future cancelled) is skipped. A failing
 model run fails the requests of that batch only.
@@ -31,14 +38,32 @@ class QueueFull(Exception):
 
 class BatchQueue:
     def __init__(self, run: Callable[[np.ndarray], list[np.ndarray]], max_batch: int, wait_s: float,
-                 max_queue: int, on_batch: Callable[[int], None] | None = None):
+                 max_queue: int, on_batch: Callable[[int], None] | None = None, preferred: tuple[int, ...] = ()):
         self._run, self.max_batch, self.wait_s, self.max_queue = run, max_batch, wait_s, max_queue
+        self.preferred = preferred
         self._on_batch = on_batch
         self._pending: collections.deque[tuple[np.ndarray, asyncio.Future]] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._last_run = 1  # samples in the previous model run: how many to wait for
+
+    @property
+    def preferred(self) -> tuple[int, ...]:
+        return self._preferred
+
+    @preferred.setter
+    def preferred(self, sizes: tuple[int, ...]) -> None:
+        """Set the preferred sizes (the server sets them once measured); ``()`` means ``max_batch``."""
+        sizes = tuple(sorted(set(sizes))) or (self.max_batch,)
+        if sizes[0] < 1 or sizes[-1] > self.max_batch:
+            raise ValueError(f"preferred batch sizes {sizes} are not within 1..{self.max_batch}")
+        self._preferred = sizes
+
+    def _cap(self, waiting: int) -> int:
+        """Most samples the next run takes: the largest preferred size that waits, else all that wait."""
+        fitting = [p for p in self._preferred if p <= waiting]
+        return fitting[-1] if fitting else self.max_batch
 
     @property
     def depth(self) -> int:
@@ -79,8 +104,9 @@ class BatchQueue:
         return sum(b.shape[0] for b, f in self._pending if not f.done())
 
     async def _fill(self) -> None:
-        """Wait up to ``wait_s`` for the queue to hold as many samples as the previous run (at most ``max_batch``)."""
-        target = min(self.max_batch, self._last_run)
+        """Wait up to ``wait_s`` for the queue to hold as many samples as the previous run (at most the
+        largest preferred size)."""
+        target = min(self._preferred[-1], self._last_run)
         deadline = time.monotonic() + self.wait_s
         while self._waiting_samples() < target and (left := deadline - time.monotonic()) > 0:
             self._wakeup.clear()
@@ -90,13 +116,14 @@ class BatchQueue:
                 break
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        cap = self._cap(self._waiting_samples())
         taken, samples = [], 0
         while self._pending:
             batch, future = self._pending[0]
             if future.done():  # the client went away
                 self._pending.popleft()
                 continue
-            if taken and samples + batch.shape[0] > self.max_batch:
+            if taken and samples + batch.shape[0] > cap:
                 break
             taken.append(self._pending.popleft())
             samples += batch.shape[0]

@@ -1,4 +1,5 @@
-"""The server's Prometheus metrics: requests by outcome, inferences, batch sizes, latency, queue depth.
+"""The server's Prometheus metrics: requests by outcome, inferences, batch sizes, latency, queue depth,
+the preferred batch size.
 
 Each server owns its registry (two servers in one process, as in tests, do not collide); ``GET
 /metrics`` renders it in Prometheus' text format.
@@ -29,6 +30,9 @@ class ServeMetrics:
                                  registry=self.registry)
         self.queue_depth = Gauge("dcd_serve_queue_depth", "Requests waiting for a model run.", ["model"],
                                  registry=self.registry)
+        self.preferred_batch = Gauge("dcd_serve_preferred_batch_size", "The batch the server forms when more samples "
+                                     "wait (--preferred-batch; the largest when several).", ["model"],
+                                     registry=self.registry)
 
     def request(self, code: int, seconds: float | None = None, samples: int = 0) -> None:
         self.requests.labels(self.model, str(code)).inc()

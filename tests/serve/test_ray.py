@@ -120,13 +120,15 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
 def test_local_ray_instance_stops_with_ctrl_c_and_leaves_nothing(served_onnx):
-    server = Server(served_onnx, "--ray", ready_timeout=180)
+    server = Server(served_onnx, "--ray", "--preferred-batch", "2", ready_timeout=180)
     client = httpclient.InferenceServerClient(server.host, network_timeout=60)
-    x = np.random.default_rng(8).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
-    tensor = httpclient.InferInput("input", [1, 3, SIZE, SIZE], "FP32")
-    tensor.set_data_from_numpy(x, binary_data=True)
-    np.testing.assert_allclose(client.infer(server.name, [tensor]).as_numpy("logits"), reference(served_onnx, x),
-                               rtol=1e-5, atol=1e-5)
+    for n in (1, 4):  # 4 is above @serve.batch's maximum (the preferred batch): it runs whole, outside the batcher
+        x = np.random.default_rng(8).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
+        tensor = httpclient.InferInput("input", [n, 3, SIZE, SIZE], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        np.testing.assert_allclose(client.infer(server.name, [tensor]).as_numpy("logits"), reference(served_onnx, x),
+                                   rtol=1e-5, atol=1e-5)
+    assert client.get_model_metadata(server.name)["parameters"]["preferred_batch_size"] == [2]
     client.close()
     daemons = _descendants(server.proc.pid)
     assert daemons  # Ray's GCS, raylet and workers run below the command

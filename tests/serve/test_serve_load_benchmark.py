@@ -29,6 +29,8 @@ def test_serve_load_at_toy_size(tmp_path, capsys):
     assert [(r["max_batch"], r["concurrency"]) for r in rows] == [(4, 1), (4, 3), (1, 1), (1, 3)]
     for row in rows:
         assert row["errors"] == 0 and row["answered"] > 0 and row["exit_code"] == 0 and len(row["rounds"]) == 2
+        assert len(row["preferred_batch"]) == 2  # each round's server chose (auto) within its max batch
+        assert all(p[0] in (1, 2, 4)[:row["max_batch"].bit_length()] for p in row["preferred_batch"])
         for one in row["rounds"]:  # each round is compared with the ONNX Runtime measurement just before it
             assert set(one["ort"]["throughput"]) == {"1", "2", "4", "8", "16"} and one["ort"]["batch1_p50_ms"] > 0
             assert one["vs_ort_best"] == one["throughput"] / one["ort"]["best_throughput"]

@@ -51,7 +51,35 @@ def test_health_and_metadata(server):
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
     assert meta["outputs"][0]["name"] == "logits" and meta["outputs"][0]["shape"] == [-1, 10]
     assert not client.is_model_ready("other")
+    params = meta["parameters"]  # --preferred-batch auto: measured before the server was ready
+    assert params["preferred_batch_source"] == "measured" and set(params["preferred_batch_throughput"]) == {"1", "2", "4", "8"}
+    assert params["preferred_batch_size"][0] in (1, 2, 4, 8)
     client.close()
+    _, metrics = get(f"{server.url}/metrics")
+    assert f'dcd_serve_preferred_batch_size{{model="digits"}} {params["preferred_batch_size"][0]}.0'.encode() in metrics
+
+
+def test_an_explicit_preferred_batch_caps_runs_and_answers_stay_right(served_onnx):
+    srv = Server(served_onnx, "--max-batch", "8", "--preferred-batch", "2")
+    try:
+        xs = np.random.default_rng(5).standard_normal((16, 1, 3, SIZE, SIZE)).astype(np.float32)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            served = list(pool.map(lambda x: _infer(srv, x), xs))
+        big = np.random.default_rng(6).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
+        expected = reference(served_onnx, np.concatenate([xs[:, 0], big]))
+        tol = 1e-5 * np.abs(expected).max()
+        for got, want in zip(served, expected):
+            np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=tol)
+        np.testing.assert_allclose(_infer(srv, big), expected[16:], rtol=1e-5, atol=tol)  # above 2: runs whole
+        meta = json.loads(get(f"{srv.url}/v2/models/{srv.name}")[1])["parameters"]
+        assert meta["preferred_batch_size"] == [2] and meta["preferred_batch_source"] == "given"
+        _, metrics = get(f"{srv.url}/metrics")
+        runs = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.decode().splitlines()
+                if line.startswith("dcd_serve_batch_size_")}
+        assert runs['dcd_serve_batch_size_bucket{le="2.0",model="digits"}'] == runs['dcd_serve_batch_size_count{model="digits"}'] - 1
+    finally:
+        code, out, _ = srv.stop()
+    assert code == 0 and "preferred batch 2" in out, out
 
 
 def test_concurrent_single_image_requests_match_onnx_runtime(server, served_onnx):
