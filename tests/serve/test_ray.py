@@ -77,9 +77,8 @@ def test_two_nodes_lose_one_under_load(served_onnx, monkeypatch):
         refused = {i: o for i, o in outcomes.items() if not isinstance(o, np.ndarray)}
         for i in answered:
             np.testing.assert_allclose(outcomes[i], expected[i], rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-        for exc in refused.values():  # in flight on the lost replica: Ray's proxy answers 500, never silence
-            assert isinstance(exc, InferenceServerException) and str(exc.status()).startswith("5"), repr(exc)
-            assert exc.message().strip()
+        for exc in refused.values():  # in flight on the lost replica: Ray's proxy answers 500 or drops the connection
+            assert _refusal_seen_by_client(exc), repr(exc)
         assert len(answered) > REQUESTS // 2, refused
         assert all(isinstance(outcomes[i], np.ndarray) for i in range(REQUESTS - 8, REQUESTS)), refused  # the survivor serves
         code, out, seconds = server.stop()
@@ -89,6 +88,15 @@ def test_two_nodes_lose_one_under_load(served_onnx, monkeypatch):
         if server is not None:
             server.stop()
         cluster.shutdown()
+
+
+def _refusal_seen_by_client(exc: BaseException) -> bool:
+    """A request in flight on a removed node comes back as an error the client sees, never as silence:
+    a 5xx with a message from Ray's proxy, or (rarely, when the proxy's connection to the replica dies
+    mid-answer) the connection closed under the client."""
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status()).startswith("5") and bool(exc.message().strip())
+    return isinstance(exc, OSError) or "closed" in type(exc).__name__.lower()
 
 
 def _descendants(pid: int) -> set[int]:
