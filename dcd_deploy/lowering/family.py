@@ -15,7 +15,10 @@ layers:
   arguments as ``module.forward``; ``lowered_types`` lists the classes it produces (never
   re-matched) and ``folds_following_bn`` says whether it folds a BatchNorm2d that alone consumes
   the layer's output;
-* ``static_part(module, info)``: the layer's static twin (what remains with every attention fixed).
+* ``static_part(module, info)``: the layer's static twin (what remains with every attention fixed);
+* ``probe(model, example)``: only for a family that recognises layers by running the network
+  rather than by structure (``probes = True``, e.g. ``generic``): module path -> match of each
+  module the run reveals. Structural families are tried first and take precedence.
 
 A :class:`FormChooser` picks one of ``family.forms(...)`` per layer (see ``costmodel`` for the
 fixed-name and cost-model choosers).
@@ -106,6 +109,7 @@ class LayerFamily:
     title: ClassVar[str] = ""  # how messages name its layers ("DCD"); the name when empty
     lowered_types: ClassVar[tuple[type, ...]] = ()  # modules this family produces (never re-matched)
     folds_following_bn: ClassVar[bool] = False  # fold the BatchNorm2d that alone consumes the output
+    probes: ClassVar[bool] = False  # recognises layers by running the network (``probe``), not by structure
 
     @property
     def layer_title(self) -> str:
@@ -116,6 +120,11 @@ class LayerFamily:
 
     def match(self, module: nn.Module) -> LayerInfo | Mismatch:
         raise NotImplementedError
+
+    def probe(self, model: nn.Module, example: Any) -> dict[str, LayerInfo | Mismatch]:
+        """Path -> match of each module a run of ``model`` on an input shaped like ``example`` reveals
+        (families with ``probes = True``; the structural ones recognise nothing this way)."""
+        return {}
 
     def forms(self, info: LayerInfo, in_shape: tuple[int, ...], static_batch: int | None = None) -> list[str]:
         """Candidate lowered forms for a layer seeing ``in_shape``; the first is the default."""
