@@ -159,16 +159,20 @@ def check_int8(options: ExportOptions) -> None:
 def validate(options: ExportOptions) -> ExportOptions:
     """The first stage: every check that needs no model, so that a bad option fails before any work.
 
-    Checks the batch, the target, the input size, the int8 options, the opset, and that the output (and the report)
-    can be written. Returns ``options`` unchanged.
+    Checks the batch, the target (and that no --form it excludes is asked for), the input size, the
+    int8 options, the opset, and that the output (and the report) can be written. Returns ``options`` unchanged.
     """
-    from ..lowering.costmodel import TARGETS
+    from ..lowering.costmodel import NO_CONTROL_FLOW, TARGETS, control_flow_forms
     from ..reporting import check_output_path
 
     if options.batch is not None and options.batch < 1:
         raise InputError(f"--batch {options.batch} is not a positive batch size.", "Omit --batch for a dynamic batch axis.")
     if options.target not in TARGETS:
         raise InputError(f"Unknown target {options.target!r}.", f"Choose one of: {', '.join(TARGETS)}.")
+    if options.target in NO_CONTROL_FLOW and isinstance(options.form, str) and options.form in control_flow_forms():
+        raise InputError(f"The {options.form} form writes an ONNX Loop over the samples, and --target {options.target} "
+                         "writes no control flow (CUDA graphs cannot capture it).",
+                         "Use the unfold form (the same arithmetic with no Loop) or let the cost model choose (auto).")
     options.hw  # noqa: B018 - parses the input size, raising InputError when it is not one
     check_int8(options)
     check_opset(options.opset)

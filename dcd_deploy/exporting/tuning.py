@@ -18,7 +18,7 @@ from collections.abc import Callable
 import onnx
 import torch
 
-from ..lowering.costmodel import check_target
+from ..lowering.costmodel import check_target, target_forms
 from ..lowering.family import FAMILIES, LayerFamily, LayerInfo, LowerOptions
 
 
@@ -74,7 +74,7 @@ class TunedFormChooser:
 
     def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: torch.nn.Module,
                  static_batch: int | None = None) -> str:
-        forms = family.forms(info, in_shape, static_batch)
+        forms = target_forms(family, info, in_shape, self.provider, static_batch)  # no Loop on cuda
         if len(forms) == 1:
             return forms[0]
         key = (family.name, json.dumps(info.to_dict(), sort_keys=True), in_shape, static_batch)

@@ -34,13 +34,17 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .folding import bn_affine
+from .shapes import keep_batch_reshape
 
-FORMS = ("kernel", "experts", "loop")
+FORMS = ("kernel", "experts", "unfold", "loop")
+# Forms whose exported graph holds control flow (an ONNX Loop): never offered for --target cuda.
+CONTROL_FLOW_FORMS = frozenset({"loop"})
 
 # The custom node the loop form exports, replaced by a standard ONNX Loop after export.
 PER_SAMPLE_DOMAIN = "dcd_deploy"
@@ -111,11 +115,23 @@ def _fold_into_kernel(kernel_elems: int, map_elems: int | None) -> bool:
     return map_elems is None or kernel_elems <= map_elems
 
 
+Pair = int | tuple[int, int]
+
+
+def pair(value: Pair) -> tuple[int, int]:
+    """``(v, v)`` for an int, the pair itself for an (h, w) pair."""
+    if isinstance(value, int):
+        return (value, value)
+    h, w = value
+    return (int(h), int(w))
+
+
 class _PerSampleConvFn(torch.autograd.Function):
     """Conv2d of each sample with its own weight (and bias); exported as one custom node."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride: int, padding: int, dilation: int, groups: int):
+    def forward(ctx, x, weight, bias, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                groups: int):
         n = x.shape[0]
         if bias is not None and bias.dim() == 1:
             bias = bias.repeat(n)
@@ -124,21 +140,82 @@ class _PerSampleConvFn(torch.autograd.Function):
         return out.view(n, -1, out.shape[2], out.shape[3]).clone()  # not a view: callers may write in place
 
     @staticmethod
-    def symbolic(g, x, weight, bias, stride: int, padding: int, dilation: int, groups: int):
+    def symbolic(g, x, weight, bias, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                 groups: int):
         inputs = [x, weight] if bias is None or bias.node().mustBeNone() else [x, weight, bias]
         per_sample_bias = int(len(inputs) == 3 and bias.type().dim() == 2)
-        out = g.op(f"{PER_SAMPLE_DOMAIN}::{PER_SAMPLE_OP}", *inputs, strides_i=[stride, stride],
-                   pads_i=[padding] * 4, dilations_i=[dilation, dilation], group_i=groups,
+        out = g.op(f"{PER_SAMPLE_DOMAIN}::{PER_SAMPLE_OP}", *inputs, strides_i=list(stride),
+                   pads_i=[*padding, *padding], dilations_i=list(dilation), group_i=groups,
                    per_sample_bias_i=per_sample_bias)
         out.setType(x.type().with_sizes([None] * 4))
         return out
 
 
-def per_sample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
-                    padding: int = 0, dilation: int = 1, groups: int = 1) -> torch.Tensor:
-    """``out[n] = conv2d(x[n], weight[n], bias[n])``: ``weight`` (N, C_out, C_in/g, k, k), ``bias``
-    (N, C_out) per sample or (C_out,) shared, or None."""
-    return _PerSampleConvFn.apply(x, weight, bias, stride, padding, dilation, groups)
+def per_sample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair = 1,
+                    padding: Pair = 0, dilation: Pair = 1, groups: int = 1) -> torch.Tensor:
+    """``out[n] = conv2d(x[n], weight[n], bias[n])``: ``weight`` (N, C_out, C_in/g, kh, kw), ``bias``
+    (N, C_out) per sample or (C_out,) shared, or None; stride, padding and dilation an int or an
+    (h, w) pair. Exported as one ``PerSampleConv`` node, an ONNX Loop once expanded
+    (:mod:`dcd_deploy.exporting.loops`)."""
+    return _PerSampleConvFn.apply(x, weight, bias, pair(stride), pair(padding), pair(dilation), groups)
+
+
+def _one_hot_taps(c_in: int, kh: int, kw: int, dtype: torch.dtype) -> torch.Tensor:
+    """(C_in·kh·kw, 1, kh, kw): output channel c·kh·kw + t of a depthwise Conv with these weights is
+    input channel c at tap t (row-major over the kh×kw window).
+
+    Built in NumPy so that a tracing exporter records it as one constant, not as the ops filling it."""
+    eye = np.eye(kh * kw, dtype=np.float64).reshape(kh * kw, 1, kh, kw)
+    return torch.from_numpy(np.ascontiguousarray(np.tile(eye, (c_in, 1, 1, 1)))).to(dtype)
+
+
+def unfold_taps(x: torch.Tensor, kernel: tuple[int, int], stride: Pair = 1, padding: Pair = 0,
+                dilation: Pair = 1) -> torch.Tensor:
+    """(N, C_in·kh·kw, H', W'): channel c·kh·kw + t is input channel c read at tap t of each output
+    pixel's window. One static depthwise Conv with one-hot kernels (nothing when the kernel is 1×1
+    with stride 1 and no padding; a strided Slice when only the stride is there)."""
+    kh, kw = kernel
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    if kh == kw == 1 and padding == (0, 0):
+        return x if stride == (1, 1) else x[:, :, :: stride[0], :: stride[1]]
+    c_in = x.shape[1]
+    if isinstance(c_in, torch.Tensor):  # tracing: the channel count is static in any graph we export
+        c_in = int(c_in)
+    return F.conv2d(x, _one_hot_taps(c_in, kh, kw, x.dtype), None, stride, padding, dilation, c_in)
+
+
+def per_sample_conv_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair = 1,
+                           padding: Pair = 0, dilation: Pair = 1, groups: int = 1, *,
+                           out_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """``out[n] = conv2d(x[n], weight[n], bias[n])`` with no control flow: the loop-free twin of
+    :func:`per_sample_conv` (same arguments; ``weight`` may also have batch 1, shared by every sample).
+
+    The input is unfolded by one static Conv (:func:`unfold_taps`) into (N, g, C_in/g·kh·kw, H'W')
+    (group j's columns are contiguous: channel c·kh·kw + t), then one batched MatMul with the kernel
+    (N, g, C_out/g, C_in/g·kh·kw) gives (N, g, C_out/g, H'W'), reshaped to (N, C_out, H', W').
+    Depthwise layers (C_out/g = C_in/g = 1) take a Mul and a ReduceSum over the taps instead of g
+    matrix-vector products per sample. Every Reshape has a constant shape with 0 or -1 in the batch
+    position. ``out_hw`` (H', W'), when the caller knows it, keeps the last Reshape constant too;
+    without it the exported graph reads H', W' from the unfolded map's shape (any input size).
+    """
+    kh, kw = weight.shape[-2], weight.shape[-1]
+    c_out, cin_g = weight.shape[1], weight.shape[2]
+    if isinstance(kh, torch.Tensor):  # tracing: the kernel's shape is static
+        kh, kw, c_out, cin_g = int(kh), int(kw), int(c_out), int(cin_g)
+    cout_g, taps = c_out // groups, cin_g * kh * kw
+    cols = unfold_taps(x, (kh, kw), stride, padding, dilation)
+    if out_hw is None:
+        out_hw = (cols.shape[2], cols.shape[3])  # traced: read from the map at run time
+    cols = keep_batch_reshape(cols, (groups, taps, -1))  # (N, g, C_in/g·kh·kw, H'W')
+    if cout_g == 1 and cin_g == 1:  # depthwise: Σ_t w[n, c, t] · cols[n, c, t, :]
+        out = (cols * keep_batch_reshape(weight, (groups, taps, 1))).sum(2)
+    else:
+        out = torch.matmul(keep_batch_reshape(weight, (groups, cout_g, taps)), cols)
+    if bias is not None:
+        out = out + (bias.view(-1, groups, cout_g, 1) if not (cout_g == 1 and cin_g == 1) else bias.view(-1, groups, 1))
+    if all(isinstance(d, int) for d in out_hw):
+        return keep_batch_reshape(out, (c_out, *out_hw))
+    return out.reshape(-1, c_out, out_hw[0], out_hw[1])
 
 
 class _Form(nn.Module):
@@ -253,8 +330,9 @@ def experts_ok(kernel: int, has_spatial: bool) -> bool:
     return kernel == 1 or not has_spatial
 
 
-class LoopForm(_Form):
-    """The per-sample kernel, then one convolution per sample (an ONNX Loop once exported)."""
+class _PerSampleKernelForm(_Form):
+    """The per-sample kernel (α_s, and α_f / α_c where the kernel is the smaller, folded in), then one
+    convolution per sample with it: :meth:`convolve` says how."""
 
     def __init__(self, bank: ExpertBank, in_hw: tuple[int, int] | None):
         super().__init__(bank, in_hw)
@@ -266,6 +344,10 @@ class LoopForm(_Form):
         self.fold_channel = _fold_into_kernel(kernel_elems, None if in_hw is None else c_in * in_hw[0] * in_hw[1])
         self.fold_filter = _fold_into_kernel(kernel_elems, None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1])
 
+    def convolve(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, shared: bool) -> torch.Tensor:
+        """``kernel`` (N, C_out, C_in/g, k, k), or (1, …) when ``shared`` by every sample."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, att: Attentions) -> torch.Tensor:
         if att.channel is not None and not self.fold_channel:
             x = x * att.channel.view(-1, att.channel.shape[1], 1, 1)
@@ -274,12 +356,10 @@ class LoopForm(_Form):
         # example's batch size (1), which would put a full copy of every per-sample kernel in the graph.
         shared = not self.routed and att.spatial is None and (att.filter is None or not self.fold_filter) \
             and (att.channel is None or not self.fold_channel)
-        if shared:  # one expert and no per-sample attention on the kernel
-            kernel = kernel.expand(x.shape[0], -1, -1, -1)
         kernel = kernel.reshape(-1, self.c_out, self.c_in_g, self.k, self.k)
         scale_after = att.filter is not None and not self.fold_filter
         bias = self.per_sample_bias(att, not scale_after)
-        out = per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+        out = self.convolve(x, kernel, bias, shared)
         if scale_after:
             out = out * att.filter.view(-1, self.c_out, 1, 1)
             if self.shift is not None:
@@ -287,7 +367,28 @@ class LoopForm(_Form):
         return out
 
 
-FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "loop": LoopForm}
+class LoopForm(_PerSampleKernelForm):
+    """One convolution per sample with its kernel: an ONNX Loop once exported."""
+
+    def convolve(self, x, kernel, bias, shared):
+        if shared:  # one expert and no per-sample attention on the kernel
+            kernel = kernel.expand(x.shape[0], -1, -1, -1, -1)
+        return per_sample_conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class UnfoldForm(_PerSampleKernelForm):
+    """No control flow: the input unfolded by one static Conv, then one batched MatMul with the
+    per-sample kernel (:func:`per_sample_conv_unfold`). α_s stays folded in the kernel: the kernel is
+    formed per sample anyway and holds C_out·C_in/g·k² values, fewer than the unfolded map's
+    C_in·k²·H'W' whenever C_out/g < H'W'. A kernel shared by every sample broadcasts in the MatMul."""
+
+    def convolve(self, x, kernel, bias, shared):
+        return per_sample_conv_unfold(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups,
+                                      out_hw=self.out_hw)
+
+
+FORM_TYPES: dict[str, type[_Form]] = {"kernel": KernelForm, "experts": ExpertsForm, "unfold": UnfoldForm,
+                                      "loop": LoopForm}
 
 
 def dense(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,7 +10,8 @@ layers:
   :class:`Mismatch` naming what is missing or unexpected (recognition is structural: users copy
   the reference layer code under other class names, so class identity proves nothing);
 * ``forms(info, in_shape)`` and ``costs(info, in_shape, target)``: the lowered forms it can emit
-  (the first is the default) and their estimated extra cost on a target;
+  (the first is the default) and their estimated extra cost on a target; ``control_flow_forms``
+  names those whose graph holds control flow (an ONNX Loop), which ``--target cuda`` never uses;
 * ``lower(module, info, follow_bn, options)``: the static replacement, taking the same positional
   arguments as ``module.forward``; ``lowered_types`` lists the classes it produces (never
   re-matched) and ``folds_following_bn`` says whether it folds a BatchNorm2d that alone consumes
@@ -110,6 +111,7 @@ class LayerFamily:
     lowered_types: ClassVar[tuple[type, ...]] = ()  # modules this family produces (never re-matched)
     folds_following_bn: ClassVar[bool] = False  # fold the BatchNorm2d that alone consumes the output
     probes: ClassVar[bool] = False  # recognises layers by running the network (``probe``), not by structure
+    control_flow_forms: ClassVar[frozenset[str]] = frozenset()  # forms whose graph holds Loop/If/Scan (not for cuda)
 
     @property
     def layer_title(self) -> str:

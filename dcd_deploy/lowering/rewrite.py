@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import InputError
-from .costmodel import as_chooser
+from .costmodel import NO_CONTROL_FLOW, as_chooser
 from .family import FAMILIES, FormChooser, LayerFamily, LayerInfo, LowerOptions, Mismatch, lowered_types
 from .report import LayerRewrite, RewriteReport
 
@@ -177,6 +177,7 @@ class _Settings:
     static_batch: int | None
     check: bool
     channels_last: bool = False
+    target: str = "cpu"
 
 
 def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Module | None,
@@ -186,6 +187,9 @@ def _lower_one(f: FoundLayer, family: LayerFamily, call: _Captured, bn: nn.Modul
     in_shape = call.in_shape
     batch = {"static_batch": settings.static_batch} if settings.static_batch else {}  # choosers of older code lack it
     form = settings.choose(family, info, in_shape, f.module, **batch)
+    if form in family.control_flow_forms and settings.target in NO_CONTROL_FLOW:
+        raise ValueError(f"{f.path}: the chooser picked the {form} form, which writes control flow; "
+                         f"--target {settings.target} writes none")
     in_hw = None if settings.dynamic_size or len(in_shape) < 4 else (in_shape[2], in_shape[3])
     lowered = family.lower(f.module, info, bn, LowerOptions(form, in_hw, settings.static_batch, settings.channels_last))
     err = None
@@ -229,7 +233,7 @@ def lower_model(
     """
     from tqdm.auto import tqdm
 
-    settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check, channels_last)
+    settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check, channels_last, target)
     model = copy.deepcopy(model).eval()
     found = find_dynamic_layers(model, example_input)
     report = RewriteReport([])

@@ -59,7 +59,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("localize_families")
 
 
-@pytest.mark.parametrize("form", ["auto", "kernel", "experts", "loop"])
+@pytest.mark.parametrize("form", ["auto", "kernel", "experts", "unfold", "loop"])
 @pytest.mark.parametrize("family", sorted(NETWORKS))
 def test_localize_names_the_changed_dynamic_layer(family, form, folder):
     model = build(family)

@@ -105,8 +105,8 @@ def test_inspect_lists_every_odconv():
 
 
 @pytest.mark.parametrize("c_in, c_out, kernel, stride, groups, kernel_num, forms", [
-    (8, 12, 3, 2, 1, 4, ["loop"]),  # spatial attention over 3×3 taps: no static experts conv
-    (16, 16, 3, 1, 16, 4, ["loop"]),  # depthwise: no filter attention
+    (8, 12, 3, 2, 1, 4, ["unfold", "loop"]),  # spatial attention over 3×3 taps: no static experts conv
+    (16, 16, 3, 1, 16, 4, ["unfold", "loop"]),  # depthwise: no filter attention
     (8, 12, 1, 1, 1, 4, ["kernel", "experts", "loop"]),
     (8, 12, 1, 1, 1, 1, ["kernel", "experts", "loop"]),  # K = 1: channel and filter attentions only
 ])

@@ -11,10 +11,17 @@ convolutions, which run far below a full convolution's GEMM rate):
 * CPU, in MAC-equivalents: ``kernel`` = ``(K + KERNEL_COST)·E + conv + PASS_COST·C_out·HW`` (form
   the kernel, write and read it back, the product, the bias pass); ``experts`` =
   ``K·conv + (K + 1)·PASS_COST·C_out·HW`` (K× the arithmetic, the mixing reads K maps);
-  ``loop`` = ``(K + KERNEL_COST)·E + LOOP_CONV_FACTOR·conv + LOOP_FIXED`` (a Conv whose weight is
-  computed gets no pre-packed weights, and each Loop iteration has a fixed cost).
-* CUDA, in microseconds: kernel launches (4 µs each) plus the extra bytes at ~2 TB/s; the loop
-  form pays a launch per sample.
+  ``unfold`` = ``(K + KERNEL_COST)·E + UNFOLD_CONV_FACTOR·conv + UNFOLD_COST·C_in·k²·HW`` (the
+  product is a batched MatMul, the unfolded map of C_in·k² values per pixel is written by a
+  one-hot depthwise Conv and read back); ``loop`` = ``(K + KERNEL_COST)·E + LOOP_CONV_FACTOR·conv +
+  LOOP_FIXED`` (a Conv whose weight is computed gets no pre-packed weights, and each Loop iteration
+  has a fixed cost). The constants are fitted by ``benchmarks/fit_cost_model.py --families``
+  (measured per distinct layer, see there and ``benchmarks/results/fit_cost_model_families_cpu.json``).
+* CUDA, in microseconds: kernel launches (4 µs each) plus the extra bytes at ~2 TB/s (the unfold
+  form writes and reads its unfolded map); the loop form pays a launch per sample, and is never
+  chosen on CUDA (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model,
+  not a fit: no GPU has measured them yet (``benchmarks/gpu_check.sh`` records the per-form CUDA
+  timings for one).
 
 ``--tune`` measures the forms instead.
 """
@@ -23,17 +30,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..dynamic_forms import ExpertBank, LoweredDynamicConv, experts_ok
+from ..dynamic_forms import CONTROL_FLOW_FORMS, ExpertBank, LoweredDynamicConv, experts_ok
 from ..family import LayerFamily, LayerInfo, LowerOptions
 
 
 def available_forms(info_kernel: int, stride: int, padding: int, groups: int, has_spatial: bool) -> list[str]:
     """The forms that can compute a layer, cheapest-in-general first."""
     forms = []
-    if info_kernel == 1 and padding == 0 and groups == 1:
+    one_by_one = info_kernel == 1 and padding == 0 and groups == 1
+    if one_by_one:
         forms.append("kernel")
     if experts_ok(info_kernel, has_spatial):
         forms.append("experts")
+    if not one_by_one:  # (the kernel form is the unfold form of a 1×1 layer, with no unfolding)
+        forms.append("unfold")
     forms.append("loop")
     return forms
 
@@ -43,6 +53,10 @@ PASS_COST = 2.0  # one element of an elementwise pass over a feature map
 LOOP_CONV_FACTOR = 1.5  # a Conv whose weight is computed: no pre-packed weights
 LOOP_FIXED = 3.0e4  # one Loop iteration (subgraph execution)
 DEPTHWISE_FACTOR = 4.0  # a grouped conv runs far below the GEMM rate of a full one, per MAC
+UNFOLD_CONV_FACTOR = 1.0  # the unfold form's batched MatMul, per MAC of the convolution
+UNFOLD_COST = 2.0  # one element of the unfolded map (written by the one-hot Conv, read by the MatMul)
+LAUNCH_US = 4.0  # CUDA: one kernel launch
+BYTES_PER_US = 2e6  # CUDA: ~2 TB/s of device memory
 
 
 class ExpertMixingFamily(LayerFamily):
@@ -54,6 +68,7 @@ class ExpertMixingFamily(LayerFamily):
 
     lowered_types = (LoweredDynamicConv,)
     folds_following_bn = True
+    control_flow_forms = CONTROL_FLOW_FORMS
 
     def lowering_parts(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
                        in_hw: tuple[int, int] | None) -> tuple[nn.Module, ExpertBank]:
@@ -62,27 +77,41 @@ class ExpertMixingFamily(LayerFamily):
     def forms(self, info: LayerInfo, in_shape: tuple[int, ...], static_batch: int | None = None) -> list[str]:
         return available_forms(info.kernel, info.stride, info.padding, info.groups, "spatial" in info.attentions)
 
-    def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str) -> dict[str, float]:
-        """Estimated cost per sample of each form: CPU in MAC-equivalents, CUDA in microseconds."""
-        k_sq, cin_g, K = info.kernel**2, info.c_in // info.groups, info.experts or 1
-        hw = _out_pixels(info, in_shape)
-        kernel_elems = info.c_out * cin_g * k_sq
-        conv = kernel_elems * hw * (DEPTHWISE_FACTOR if info.groups > 1 else 1.0)
-        out = info.c_out * hw
-        if target == "cuda":  # launches (4 µs each) + bytes moved at ~2 TB/s; arithmetic is not the limit
-            costs = {"kernel": 16.0 + 4 * (K + 2) * kernel_elems / 2e6, "experts": 12.0 + 4 * (K + 1) * out / 2e6,
-                     "loop": 12.0 + 8.0 * max(1, in_shape[0]) + 4 * (K + 2) * kernel_elems / 2e6}
-        else:
-            forming = (K + KERNEL_COST) * kernel_elems
-            costs = {"kernel": forming + conv + PASS_COST * out,
-                     "experts": K * conv + (K + 1) * PASS_COST * out,
-                     "loop": forming + LOOP_CONV_FACTOR * conv + LOOP_FIXED}
-        return {form: costs[form] for form in self.forms(info, in_shape)}
+    def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
+        """Estimated cost per sample of each form: CPU in MAC-equivalents, CUDA in microseconds.
+        ``constants`` override the module's CPU constants by lower-case name (for fitting them)."""
+        forms = [f for f in self.forms(info, in_shape) if target != "cuda" or f not in self.control_flow_forms]
+        return {form: cost for form, cost in form_costs(info, in_shape, target, **constants).items() if form in forms}
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
               options: LowerOptions) -> nn.Module:
         attention, bank = self.lowering_parts(module, info, follow_bn, options.in_hw)
         return LoweredDynamicConv(attention, bank, options.form, options.in_hw)
+
+
+def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str, *, kernel_cost: float | None = None,
+               pass_cost: float | None = None, loop_conv_factor: float | None = None, loop_fixed: float | None = None,
+               depthwise_factor: float | None = None, unfold_conv_factor: float | None = None,
+               unfold_cost: float | None = None) -> dict[str, float]:
+    """Every form's cost (offered or not) per the module docstring; None takes the module's constant."""
+    pick = lambda value, default: default if value is None else value
+    k_sq, cin_g, K = info.kernel**2, info.c_in // info.groups, info.experts or 1
+    hw = _out_pixels(info, in_shape)
+    kernel_elems = info.c_out * cin_g * k_sq
+    conv = kernel_elems * hw * (pick(depthwise_factor, DEPTHWISE_FACTOR) if info.groups > 1 else 1.0)
+    out, unfolded = info.c_out * hw, info.c_in * k_sq * hw
+    if target == "cuda":  # launches + bytes moved; arithmetic is not the limit
+        forming_bytes = 4 * (K + 2) * kernel_elems
+        return {"kernel": 4 * LAUNCH_US + forming_bytes / BYTES_PER_US,
+                "experts": 3 * LAUNCH_US + 4 * (K + 1) * out / BYTES_PER_US,
+                "unfold": 5 * LAUNCH_US + (forming_bytes + 8 * unfolded) / BYTES_PER_US,
+                "loop": 3 * LAUNCH_US + 2 * LAUNCH_US * max(1, in_shape[0]) + forming_bytes / BYTES_PER_US}
+    forming = (K + pick(kernel_cost, KERNEL_COST)) * kernel_elems
+    pass_cost = pick(pass_cost, PASS_COST)
+    return {"kernel": forming + conv + pass_cost * out,
+            "experts": K * conv + (K + 1) * pass_cost * out,
+            "unfold": forming + pick(unfold_conv_factor, UNFOLD_CONV_FACTOR) * conv + pick(unfold_cost, UNFOLD_COST) * unfolded,
+            "loop": forming + pick(loop_conv_factor, LOOP_CONV_FACTOR) * conv + pick(loop_fixed, LOOP_FIXED)}
 
 
 def _out_pixels(info: LayerInfo, in_shape: tuple[int, ...]) -> int:
