@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, raise_if_interrupted, summarize_exception
 from ..lowering import RewriteReport, lower_model, relative_error
 from ..lowering.computed_weights import computed_weight_modules
+from ..lowering.family import trace_batch
 from .graphcheck import batch_independent, batch_specific_metadata, conv_weights_are_constant
 from .options import ExportOptions
 from .quantize import Int8Check
@@ -96,7 +97,7 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
             try:
                 buffer = io.BytesIO()
                 with quiet(log):
-                    torch.onnx.export(lowered, (example_input(options.batch or 1, options.hw),), buffer, dynamo=False,
+                    torch.onnx.export(lowered, (example_input(options.batch or trace_batch(lowered), options.hw),), buffer, dynamo=False,
                                       opset_version=options.opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=dynamic_axes(options), do_constant_folding=True)
             except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one paragraph and a log

@@ -111,6 +111,9 @@ class LayerFamily:
     lowered_types: ClassVar[tuple[type, ...]] = ()  # modules this family produces (never re-matched)
     folds_following_bn: ClassVar[bool] = False  # fold the BatchNorm2d that alone consumes the output
     probes: ClassVar[bool] = False  # recognises layers by running the network (``probe``), not by structure
+    # The batch a dynamic-batch export traces its lowered layers at: 2 where the layer keeps the user's
+    # own code, which may take another branch at batch 1 (``if x.shape[0] == 1``) that a trace would freeze.
+    trace_batch: ClassVar[int] = 1
     control_flow_forms: ClassVar[frozenset[str]] = frozenset()  # forms whose graph holds Loop/If/Scan (not for cuda)
 
     @property
@@ -154,6 +157,13 @@ def register_family(cls: type[LayerFamily]) -> type[LayerFamily]:
         raise ValueError(f"two layer families are named {cls.name!r}: {type(old).__qualname__} and {cls.__qualname__}")
     FAMILIES[cls.name] = cls()
     return cls
+
+
+def trace_batch(model: nn.Module) -> int:
+    """The batch a dynamic-batch export of the lowered ``model`` traces at: the largest
+    ``trace_batch`` of the families whose lowered modules it holds (1 when none asks for more)."""
+    present = {type(m) for m in model.modules()}
+    return max([f.trace_batch for f in FAMILIES.values() if present & set(f.lowered_types)], default=1)
 
 
 def lowered_types() -> tuple[type, ...]:

@@ -44,10 +44,12 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...errors import LoweringError
-from ..dynamic_forms import per_sample_conv
+from ..dynamic_forms import CONTROL_FLOW_FORMS, per_sample_conv, per_sample_conv_unfold
 from ..family import LayerFamily, LayerInfo, LowerOptions, Mismatch, lowered_types, register_family
+from ._expert_lowering import form_costs
 
 NAME = "generic"
+FORMS = ("unfold", "loop")
 PROBE_BATCHES = (2, 3)
 _CONV_DIMS: dict[Callable, int] = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2,
                                    torch.conv3d: 3}
@@ -94,6 +96,7 @@ class GenericLayerInfo(LayerInfo):
     dilation: int
     calls: tuple[tuple[int, FoldedCall], ...]  # (ordinal among the module's convolution calls, geometry)
     static_twin: str | None = None  # why the module has no static twin (None: it has one)
+    conv_hw: tuple[int, ...] = ()  # the first folded call's input size at the probed input size
 
     def geometry(self) -> str:
         k = self.calls[0][1].kernel
@@ -296,6 +299,11 @@ def _twin_reason(path: str, calls: tuple[tuple[int, FoldedCall], ...], runs: lis
     return None
 
 
+def _conv_hw(path: str, ordinal: int, run: _Run) -> tuple[int, ...]:
+    owned = [call for _, o, call in _owner_calls(run).get(path, []) if o == ordinal]
+    return tuple(owned[0].x_shape[2:]) if owned else ()
+
+
 def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo | Mismatch]:
     """Module path -> match of every module that runs a convolution with a computed weight itself.
 
@@ -324,7 +332,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo
             family=NAME, kind=type(modules[path]).__name__, c_in=first.c_in, c_out=first.c_out,
             kernel=first.kernel[0], stride=first.stride[0], padding=first.padding[0], groups=first.groups,
             attentions=(), dims=first.dims, dilation=first.dilation[0], calls=calls,
-            static_twin=_twin_reason(path, calls, runs))
+            static_twin=_twin_reason(path, calls, runs), conv_hw=_conv_hw(path, calls[0][0], runs[0]))
     convs_seen = {call.stack[-1][0] for run in runs for call in run.calls}
     for path in sorted((runs[0].unfolds & runs[0].products) - owners - convs_seen, key=list(modules).index):
         found[path] = Mismatch(NAME, "it computes a convolution from unfolded patches and an input-dependent kernel "
@@ -338,26 +346,36 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo
 
 
 def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      form: str) -> torch.Tensor:
+                      form: str, static_size: bool = False) -> torch.Tensor:
     """The batch-folded call computed per sample: ``x`` (1, N·C_in, *spatial), ``weight`` (N·C_out,
-    C_in/g, *k), ``bias`` (N·C_out,) or None; returns (1, N·C_out, *spatial_out) like the call."""
+    C_in/g, *k), ``bias`` (N·C_out,) or None; returns (1, N·C_out, *spatial_out) like the call.
+
+    ``form``: ``loop`` (:func:`per_sample_conv`, an ONNX Loop) or ``unfold``
+    (:func:`per_sample_conv_unfold`, no control flow). ``static_size``: the input size is fixed, so
+    the output size may be a constant of the graph."""
     if call.dims == 1:  # height 1: the padding first, so stride and dilation act along the length only
         x = F.pad(x, call.padding) if any(call.padding) else x
         xs = x.reshape(-1, call.c_in, 1, x.shape[-1])
         ws = weight.reshape(-1, call.c_out, call.c_in // call.groups, 1, call.kernel[0])
-        stride, padding, dilation = call.stride[0], 0, call.dilation[0]
+        stride, padding, dilation = (1, call.stride[0]), (0, 0), (1, call.dilation[0])
     else:
         h0, h1, w0, w1 = call.padding
-        square = h0 == h1 == w0 == w1
-        if not square:
+        symmetric = h0 == h1 and w0 == w1
+        if not symmetric:
             x = F.pad(x, (w0, w1, h0, h1))
         xs = x.reshape(-1, call.c_in, x.shape[-2], x.shape[-1])
         ws = weight.reshape(-1, call.c_out, call.c_in // call.groups, *call.kernel)
-        stride, padding, dilation = call.stride, (h0 if square else 0), call.dilation
-        stride = stride[0] if stride[0] == stride[1] else stride
-        dilation = dilation[0] if dilation[0] == dilation[1] else dilation
+        stride, padding, dilation = tuple(call.stride), (h0, w0) if symmetric else (0, 0), tuple(call.dilation)
     bs = None if bias is None else bias.reshape(-1, call.c_out)
-    out = per_sample_conv(xs, ws, bs, stride, padding, dilation, call.groups)
+    if form == "unfold":
+        out_hw = None
+        if static_size:
+            kh, kw = ws.shape[-2], ws.shape[-1]
+            out_hw = tuple(int((int(n) + 2 * p - d * (k - 1) - 1) // s + 1)
+                           for n, p, d, k, s in zip(xs.shape[-2:], padding, dilation, (kh, kw), stride))
+        out = per_sample_conv_unfold(xs, ws, bs, stride, padding, dilation, call.groups, out_hw=out_hw)
+    else:
+        out = per_sample_conv(xs, ws, bs, stride, padding, dilation, call.groups)
     if call.dims == 1:
         return out.reshape(1, -1, out.shape[-1])
     return out.reshape(1, -1, out.shape[-2], out.shape[-1])
@@ -379,7 +397,7 @@ class _Intercept(TorchFunctionMode):
         if call is None:
             return func(*args, **kwargs)
         a = conv_arguments(args, kwargs)
-        return folded_per_sample(call, a["input"], a["weight"], a["bias"], self.lowered.form)
+        return folded_per_sample(call, a["input"], a["weight"], a["bias"], self.lowered.form, self.lowered.static_size)
 
 
 class LoweredFoldedConv(nn.Module):
@@ -389,11 +407,15 @@ class LoweredFoldedConv(nn.Module):
     recorded folded calls replaced by :func:`folded_per_sample`.
     """
 
-    def __init__(self, module: nn.Module, calls: tuple[tuple[int, FoldedCall], ...], form: str):
+    def __init__(self, module: nn.Module, calls: tuple[tuple[int, FoldedCall], ...], form: str,
+                 static_size: bool = False):
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"unknown form {form!r} of the generic family; expected one of {FORMS}")
         self.module = module
         self.folded = dict(calls)
         self.form = form
+        self.static_size = static_size
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with _Intercept(self):
@@ -415,6 +437,8 @@ class GenericFoldedConv(LayerFamily):
     title = "batch-folded dynamic convolution"
     lowered_types = (LoweredFoldedConv,)
     probes = True
+    trace_batch = 2  # the module's own code runs in the graph: never trace a batch-1 branch of it
+    control_flow_forms = CONTROL_FLOW_FORMS
 
     def looks_dynamic(self, module: nn.Module) -> bool:
         return False  # recognised by running the network (probe), never by structure
@@ -426,12 +450,25 @@ class GenericFoldedConv(LayerFamily):
         return probe(model, example)
 
     def forms(self, info: LayerInfo, in_shape: tuple[int, ...], static_batch: int | None = None) -> list[str]:
-        return ["loop"]
+        return list(FORMS)
+
+    def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
+        """The expert families' cost model (``_expert_lowering.form_costs``) for the per-sample
+        convolution of the call's geometry, at the size the call sees (its kernel is computed by the
+        module's own code, the same for every form)."""
+        call = info.calls[0][1]
+        conv_info = dataclasses.replace(info, experts=None)
+        hw = info.conv_hw or tuple(in_shape[2:])
+        if len(hw) == 1:  # conv1d: a map of height k (its output height is about 1)
+            hw = (call.kernel[0], hw[0])
+        costs = form_costs(conv_info, (1, call.c_in, *hw[:2]), target, **constants)
+        forms = [f for f in FORMS if target != "cuda" or f not in self.control_flow_forms]
+        return {f: costs[f] for f in forms}
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
               options: LowerOptions) -> nn.Module:
         assert isinstance(info, GenericLayerInfo)
-        return LoweredFoldedConv(module, info.calls, options.form).eval()
+        return LoweredFoldedConv(module, info.calls, options.form, options.in_hw is not None).eval()
 
     def static_part(self, module: nn.Module, info: LayerInfo) -> nn.Module:
         assert isinstance(info, GenericLayerInfo)
