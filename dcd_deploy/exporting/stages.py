@@ -68,7 +68,9 @@ def lower(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, RewriteR
         raise LoweringError(
             f"{len(report.not_lowered) + len(unknown)} layer(s) look dynamic but were not lowered, so the export would not be "
             f"what you expect ({details}).",
-            "Fix the layer to match the published structure, or pass --allow-unlowered to export those layers "
+            "Fix the layer to match the published structure (a dynamic convolution of another design exports when "
+            "it ends in one batch-folded grouped convolution: F.conv2d(x.reshape(1, N*C, H, W), w, groups=N*g), "
+            "see the README's supported layers), or pass --allow-unlowered to export those layers "
             "as they are (slower, and they may not export at all).",
         )
     return lowered, report

@@ -243,7 +243,7 @@ def lower_model(
     for f in tqdm(found, desc="lowering", unit="layer", disable=None if progress else True, leave=False):
         family = FAMILIES[f.family]
         if isinstance(f.match, Mismatch):
-            reason = f"not a {family.layer_title} layer as published: {f.match.reason}"
+            reason = f.match.reason if family.probes else f"not a {family.layer_title} layer as published: {f.match.reason}"
             report.layers.append(LayerRewrite(f.path, f.family, None, False, reason))
             continue
         if f.path not in captured:

@@ -324,7 +324,8 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo
     for path in sorted(owners, key=list(modules).index):
         judged = _judge(path, runs)
         if isinstance(judged, str):
-            found[path] = Mismatch(NAME, judged)
+            found[path] = Mismatch(NAME, f"{type(modules[path]).__name__} computes its convolution weight from the "
+                                         f"input, but {judged}")
             continue
         calls, _ = judged
         first = calls[0][1]
@@ -335,7 +336,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo
             static_twin=_twin_reason(path, calls, runs), conv_hw=_conv_hw(path, calls[0][0], runs[0]))
     convs_seen = {call.stack[-1][0] for run in runs for call in run.calls}
     for path in sorted((runs[0].unfolds & runs[0].products) - owners - convs_seen, key=list(modules).index):
-        found[path] = Mismatch(NAME, "it computes a convolution from unfolded patches and an input-dependent kernel "
+        found[path] = Mismatch(NAME, f"{type(modules[path]).__name__} computes a convolution from unfolded patches and an input-dependent kernel "
                                      "with einsum/matmul (a per-sample kernel applied without a convolution call), "
                                      "which dcd-deploy does not recognise; write it as one batch-folded grouped "
                                      "convolution (F.conv2d(x.reshape(1, N·C, H, W), w, groups=N·g))")
