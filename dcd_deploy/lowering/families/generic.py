@@ -423,10 +423,19 @@ class LoweredFoldedConv(nn.Module):
             return self.module(*args, **kwargs)
 
 
-def _static_conv(call: FoldedCall) -> nn.Module:
-    conv = (nn.Conv1d if call.dims == 1 else nn.Conv2d)(
-        call.c_in, call.c_out, call.kernel, call.stride, call.padding[::2], call.dilation, call.groups, bias=call.bias)
-    return conv.eval().requires_grad_(False)
+class StaticTwinConv(nn.Module):
+    """The static twin of a generic layer: one plain convolution of the call's per-sample shape; any
+    argument after the input (a routing computed outside the layer) is taken and ignored."""
+
+    def __init__(self, call: FoldedCall):
+        super().__init__()
+        self.conv = (nn.Conv1d if call.dims == 1 else nn.Conv2d)(
+            call.c_in, call.c_out, call.kernel, call.stride, call.padding[::2], call.dilation, call.groups,
+            bias=call.bias)
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, *_ignored: Any, **_also_ignored: Any) -> torch.Tensor:
+        return self.conv(x)
 
 
 @register_family
@@ -476,4 +485,4 @@ class GenericFoldedConv(LayerFamily):
         if info.static_twin is not None:
             raise LoweringError(f"The {info.kind} layer has no static twin: {info.static_twin}.",
                                 "Benchmark without the static row; the other rows are unaffected.")
-        return _static_conv(info.calls[0][1])
+        return StaticTwinConv(info.calls[0][1])
