@@ -194,19 +194,50 @@ def stamp(graph: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
     return graph
 
 
-def check_graph(graph: onnx.ModelProto, options: ExportOptions) -> None:
-    """onnx.checker (full check) and dcd-deploy's graph rules; :class:`LoweringError` when one is broken."""
+def check_graph(graph: onnx.ModelProto, options: ExportOptions, report: RewriteReport | None = None) -> None:
+    """onnx.checker (full check) and dcd-deploy's graph rules; :class:`LoweringError` when one is broken.
+
+    A batch size frozen inside a layer that keeps the user's own code (``report``'s layers of a family
+    with ``trace_batch`` > 1, the generic one) is the user's code's doing, and said so."""
     try:
         onnx.checker.check_model(graph, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise LoweringError(f"The exported graph fails ONNX's checker: {summarize_exception(exc)}.",
                             "This is a dcd-deploy bug; please report it with the model and the options used "
                             f"(--opset {options.opset} among them).") from None
+    frozen = batch_independent(graph, options.batch)
+    own_code = _frozen_in_user_code(frozen, report)
+    if own_code:
+        layers = ", ".join(own_code)
+        raise LoweringError(
+            f"The forward() of {layers} turns the batch size into a Python number (int(x.shape[0]), .item(), a list of "
+            f"samples), so the trace froze batch {trace_batch_of(report)} into the graph ({'; '.join(frozen)}), and the "
+            "file would only run at that batch.",
+            "Keep the batch a tensor size in that forward(): use b = x.shape[0] directly in view/reshape (no int()), "
+            "or -1; dcd-deploy lowers the grouped convolution itself, whatever its groups= argument.")
     problems = [f"Conv {n} takes a computed weight" for n in conv_weights_are_constant(graph)]
-    problems += batch_independent(graph, options.batch)
+    problems += frozen
     if problems:
         raise LoweringError("The exported graph breaks dcd-deploy's graph rules: " + "; ".join(problems) + ".",
                             "This is a dcd-deploy bug; please report it with the model.")
+
+
+def _frozen_in_user_code(frozen: list[str], report: RewriteReport | None) -> list[str]:
+    """The layers keeping the user's own code (family ``trace_batch`` > 1) that a frozen Reshape of
+    ``frozen`` lies in, by the exporter's scope names (``/<name>/module/...``)."""
+    if not frozen or report is None:
+        return []
+    from ..lowering import FAMILIES
+
+    layers = [layer for layer in report.lowered if FAMILIES[layer.family].trace_batch > 1]
+    return [f"{layer.path} ({layer.kind})" for layer in layers
+            if any(f"/{layer.path.rsplit('.', 1)[-1]}/module/" in line for line in frozen)]
+
+
+def trace_batch_of(report: RewriteReport | None) -> int:
+    from ..lowering import FAMILIES
+
+    return max([FAMILIES[layer.family].trace_batch for layer in (report.lowered if report else [])], default=1)
 
 
 def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> SelfCheck:
@@ -219,7 +250,17 @@ def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> Self
         x = example_input(batch, options.hw, seed=100 + i)
         with torch.no_grad():
             ref = original(x)
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        try:
+            out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - the graph cannot run at this batch: a finding, not a bug trace
+            raise_if_interrupted()
+            raise SelfCheckFailed(
+                f"The exported model does not run at batch {batch} on ONNX Runtime ({summarize_exception(exc, limit=300)}). "
+                "No file was written.",
+                "A batch size frozen into the graph is the usual cause: a forward() that turns x.shape[0] into a Python "
+                "number (int(), .item(), a loop over the samples); keep it a tensor size (view(b, ...) with "
+                "b = x.shape[0], or -1).",
+            ) from None
         errors[batch] = relative_error(torch.from_numpy(np.asarray(out, dtype=np.float32)), ref)
     return SelfCheck(errors, SELF_CHECK_RTOL[options.precision])
 
