@@ -38,8 +38,10 @@ from ..options import (
               show_default=True, help="How --int8 fits the activations' ranges.")
 @normalisation_options
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
-@click.option("--form", type=click.Choice(["auto", "factored", "merged"]), default="auto", show_default=True,
-              help="Lowered form of DCD convolutions: auto picks per layer with the cost model.")
+@click.option("--form", type=LibraryChoice("dcd_deploy.lowering", "FORM_CHOICES"), default="auto", show_default=True,
+              help="Lowered form of the dynamic layers: auto picks per layer with the target's cost model; a name is "
+              "used wherever the layer's family offers it (DCD: factored, merged; CondConv, DyConv, ODConv: kernel, "
+              "experts, unfold, loop; loop writes an ONNX Loop and is refused with --target cuda).")
 @click.option("--target", type=LibraryChoice("dcd_deploy.lowering.costmodel", "TARGETS"), default="cpu",
               show_default=True,
               help="Where the graph will run: picks the cost model of --form auto, and the provider --tune times on.")
@@ -80,4 +82,4 @@ def command(checkpoint: str, output: str, input_size: tuple[int, int], batch: in
         options = dataclasses.replace(options, form=tuned_form_chooser(target=target, on_progress=say))
     say(f"loading {checkpoint}")
     result = run_export(load_from_options(checkpoint, **pop_loading(int8_and_loading)), options)
-    click.echo(result.render())
+    click.echo(result.render(layers=not quiet))

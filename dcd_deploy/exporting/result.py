@@ -70,12 +70,15 @@ class ExportResult:
         verdict = "" if self.self_check is None else f"; self-check {'PASS' if self.self_check else 'FAIL'}"
         return f"{self.report.summary()}{verdict}"
 
-    def render(self) -> str:
-        """What the command line prints: warnings, the rewrite, the graph, the self-check, the file."""
+    def render(self, layers: bool = False) -> str:
+        """What the command line prints: warnings, the rewrite (with ``layers``, each layer's form), the
+        graph, the self-check, the file."""
         top = ", ".join(f"{n} {op}" for op, n in list(self.ops.items())[:6])
         lines = [f"warning: {note}" for note in self.warnings]
-        lines += [f"rewrite: {self.report.summary()}",
-                  f"graph:   {self.node_count} nodes ({top}{', ...' if len(self.ops) > 6 else ''})"]
+        lines.append(f"rewrite: {self.report.summary()}")
+        if layers and self.report.lowered:
+            lines += ["  " + line for line in self.report.layer_table().splitlines()]
+        lines += [f"graph:   {self.node_count} nodes ({top}{', ...' if len(self.ops) > 6 else ''})"]
         if self.self_check is not None:
             lines.append(self.self_check.summary())
         lines.append(f"wrote {self.path} in {self.timings.get('total_s', 0.0):.1f} s")

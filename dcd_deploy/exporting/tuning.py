@@ -30,19 +30,26 @@ def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...
     from ..runtime.runners import OrtRunner
     from ..runtime.session import provider_name
     from ..runtime.timing import measure_interleaved
+    from .loops import expand_per_sample_convs
+    from .options import DEFAULT_OPSET
     from .stages import simplify
 
     family = FAMILIES[info.family]
     x = torch.randn(*in_shape, generator=torch.Generator().manual_seed(0))
     runners: dict[str, OrtRunner] = {}
     in_hw = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else None
+    extra = family.extra_inputs(info)  # e.g. CondConv's routing, computed from the input
     for form in forms:
         lowered = family.lower(layer, info, None, LowerOptions(form, in_hw, static_batch))
+        if extra is not None:
+            lowered = _WithExtraInputs(lowered, extra)
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(lowered, (x,), buf, dynamo=False, input_names=["input"], output_names=["out"])
-        graph, _ = simplify(onnx.load_from_string(buf.getvalue()))
+            torch.onnx.export(lowered, (x,), buf, dynamo=False, opset_version=DEFAULT_OPSET, input_names=["input"],
+                              output_names=["out"])
+        # the loop form's per-sample convolutions become ONNX Loops, as in the exported file
+        graph, _ = simplify(expand_per_sample_convs(onnx.load_from_string(buf.getvalue())))
         runners[form] = OrtRunner(form, graph.SerializeToString(), x.numpy(), provider_name(provider), threads,  # type: ignore[arg-type]
                                   cuda_graph=False)
     measured = measure_interleaved(list(runners.values()), warmup=3 if provider == "cuda" else 1, runs=runs,
@@ -54,6 +61,17 @@ def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...
             raise error(f"--tune could not time the {m.label} form of {info.summary()}: {m.skipped}.",
                         "Export without --tune (the cost model chooses) or report the layer.")
     return {m.label: m.stats.p50 for m in measured}
+
+
+class _WithExtraInputs(torch.nn.Module):
+    """``lowered(x, *extra(x))``: a layer that takes more than its input, timed alone."""
+
+    def __init__(self, lowered: torch.nn.Module, extra: torch.nn.Module):
+        super().__init__()
+        self.lowered, self.extra = lowered, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lowered(x, *self.extra(x))
 
 
 class TunedFormChooser:

@@ -10,7 +10,10 @@ from .family import FAMILIES, DcdLayerInfo, LayerFamily, LayerInfo, LowerOptions
 from .report import LayerRewrite, RewriteReport
 from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_model, relative_error
 
+# What ``export --form`` takes: the cost model's choice, or a form name used wherever a layer's family offers it
+FORM_CHOICES = ("auto", *families.dcd_conv.FORMS, *families._expert_lowering.FORMS)
+
 __all__ = [
-    "FAMILIES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",
+    "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",
     "RewriteReport", "find_dcd_layers", "find_dynamic_layers", "lower_model", "register_family", "relative_error",
 ]

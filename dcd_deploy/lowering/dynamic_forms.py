@@ -193,8 +193,9 @@ def per_sample_conv_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     The input is unfolded by one static Conv (:func:`unfold_taps`) into (N, g, C_in/g·kh·kw, H'W')
     (group j's columns are contiguous: channel c·kh·kw + t), then one batched MatMul with the kernel
     (N, g, C_out/g, C_in/g·kh·kw) gives (N, g, C_out/g, H'W'), reshaped to (N, C_out, H', W').
-    Depthwise layers (C_out/g = C_in/g = 1) take a Mul and a ReduceSum over the taps instead of g
-    matrix-vector products per sample. Every Reshape has a constant shape with 0 or -1 in the batch
+    Depthwise layers take the same MatMul (g vector-matrix products per sample): on ONNX Runtime CPU it
+    ran 1.2-1.3× faster than a Mul and a ReduceSum over the taps (144 and 576 channels, batch 1 and 8).
+    Every Reshape has a constant shape with 0 or -1 in the batch
     position. ``out_hw`` (H', W'), when the caller knows it, keeps the last Reshape constant too;
     without it the exported graph reads H', W' from the unfolded map's shape (any input size).
     """
@@ -207,12 +208,9 @@ def per_sample_conv_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if out_hw is None:
         out_hw = (cols.shape[2], cols.shape[3])  # traced: read from the map at run time
     cols = keep_batch_reshape(cols, (groups, taps, -1))  # (N, g, C_in/g·kh·kw, H'W')
-    if cout_g == 1 and cin_g == 1:  # depthwise: Σ_t w[n, c, t] · cols[n, c, t, :]
-        out = (cols * keep_batch_reshape(weight, (groups, taps, 1))).sum(2)
-    else:
-        out = torch.matmul(keep_batch_reshape(weight, (groups, cout_g, taps)), cols)
+    out = torch.matmul(keep_batch_reshape(weight, (groups, cout_g, taps)), cols)  # (N, g, C_out/g, H'W')
     if bias is not None:
-        out = out + (bias.view(-1, groups, cout_g, 1) if not (cout_g == 1 and cin_g == 1) else bias.view(-1, groups, 1))
+        out = out + bias.view(-1, groups, cout_g, 1)
     if all(isinstance(d, int) for d in out_hw):
         return keep_batch_reshape(out, (c_out, *out_hw))
     return out.reshape(-1, c_out, out_hw[0], out_hw[1])

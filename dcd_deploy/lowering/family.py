@@ -146,6 +146,11 @@ class LayerFamily:
     def static_part(self, module: nn.Module, info: LayerInfo) -> nn.Module:
         raise NotImplementedError
 
+    def extra_inputs(self, info: LayerInfo) -> nn.Module | None:
+        """A module computing the layer's positional arguments after the input from the input (a
+        tuple), for timing the layer alone (``--tune``); None when it takes the input only."""
+        return None
+
 
 FAMILIES: dict[str, LayerFamily] = {}
 

@@ -62,5 +62,13 @@ class RewriteReport:
             text += f"; NOT lowered: {layer.path} ({layer.reason})"
         return text
 
+    def layer_table(self) -> str:
+        """One row per lowered layer: its path, what it is, and the form it was lowered to."""
+        from ..reporting import table
+
+        rows = [(layer.path or "<root>", layer.info.summary() if layer.info else (layer.kind or "?"), layer.form or "-")
+                for layer in self.lowered]
+        return table(("layer", "as recognised", "form"), rows) if rows else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {"summary": self.summary(), "layers": [layer.to_dict() for layer in self.layers], "notes": self.notes}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..dynamic_forms import CONTROL_FLOW_FORMS, ExpertBank, LoweredDynamicConv, experts_ok
+from ..dynamic_forms import CONTROL_FLOW_FORMS, FORMS, ExpertBank, LoweredDynamicConv, experts_ok
 from ..family import LayerFamily, LayerInfo, LowerOptions
 
 
@@ -92,7 +92,8 @@ class ExpertMixingFamily(LayerFamily):
 def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str, *, kernel_cost: float | None = None,
                pass_cost: float | None = None, loop_conv_factor: float | None = None, loop_fixed: float | None = None,
                depthwise_factor: float | None = None, unfold_conv_factor: float | None = None,
-               unfold_cost: float | None = None) -> dict[str, float]:
+               unfold_cost: float | None = None, launch_us: float | None = None,
+               bytes_per_us: float | None = None) -> dict[str, float]:
     """Every form's cost (offered or not) per the module docstring; None takes the module's constant."""
     pick = lambda value, default: default if value is None else value
     k_sq, cin_g, K = info.kernel**2, info.c_in // info.groups, info.experts or 1
@@ -101,11 +102,12 @@ def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str, *, kerne
     conv = kernel_elems * hw * (pick(depthwise_factor, DEPTHWISE_FACTOR) if info.groups > 1 else 1.0)
     out, unfolded = info.c_out * hw, info.c_in * k_sq * hw
     if target == "cuda":  # launches + bytes moved; arithmetic is not the limit
+        launch, rate = pick(launch_us, LAUNCH_US), pick(bytes_per_us, BYTES_PER_US)
         forming_bytes = 4 * (K + 2) * kernel_elems
-        return {"kernel": 4 * LAUNCH_US + forming_bytes / BYTES_PER_US,
-                "experts": 3 * LAUNCH_US + 4 * (K + 1) * out / BYTES_PER_US,
-                "unfold": 5 * LAUNCH_US + (forming_bytes + 8 * unfolded) / BYTES_PER_US,
-                "loop": 3 * LAUNCH_US + 2 * LAUNCH_US * max(1, in_shape[0]) + forming_bytes / BYTES_PER_US}
+        return {"kernel": 4 * launch + forming_bytes / rate,
+                "experts": 3 * launch + 4 * (K + 1) * out / rate,
+                "unfold": 5 * launch + (forming_bytes + 8 * unfolded) / rate,
+                "loop": 3 * launch + 2 * launch * max(1, in_shape[0]) + forming_bytes / rate}
     forming = (K + pick(kernel_cost, KERNEL_COST)) * kernel_elems
     pass_cost = pick(pass_cost, PASS_COST)
     return {"kernel": forming + conv + pass_cost * out,

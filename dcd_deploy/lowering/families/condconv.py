@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 
 from ..dynamic_forms import ExpertBank, RoutingArgument
@@ -38,6 +39,18 @@ from ._expert_conv import (
 from ._expert_lowering import ExpertMixingFamily
 
 KIND = "CondConv2d"
+
+
+class _TimingRouting(nn.Module):
+    """timm's routing, ``sigmoid(Linear(avgpool(x)))``, for timing a layer alone: computed from the
+    input in the graph, so that no tool folds the per-sample kernel into a constant."""
+
+    def __init__(self, c_in: int, experts: int):
+        super().__init__()
+        self.fn = nn.Linear(c_in, experts)
+
+    def forward(self, x):
+        return (torch.sigmoid(self.fn(x.mean((2, 3)))),)
 
 
 def _positional_params(module: nn.Module) -> int | None:
@@ -93,6 +106,9 @@ class CondConvFamily(ExpertMixingFamily):
             padding=geometry.padding, dilation=geometry.dilation, groups=geometry.groups, experts=experts,
             attentions=("routing",), bias=bias is not None, names={"routing": "forward argument 2"},
         )
+
+    def extra_inputs(self, info: ExpertConvInfo) -> nn.Module:
+        return _TimingRouting(info.c_in, info.experts)
 
     def static_part(self, module: nn.Module, info: ExpertConvInfo) -> nn.Module:
         return static_expert_conv(module.weight, own_bias(module), info)
