@@ -379,3 +379,57 @@ def test_the_generic_info_describes_itself():
     assert isinstance(infos["dyn3"], GenericLayerInfo)
     assert infos["dyn3"].summary() == "VariantConv conv1d 32→32 3/2 g2"
     assert infos["dyn2"].geometry() == "3×3/1 d2"
+
+
+# ------------------------------------------------------------------------------------------ export paths
+
+
+def test_tune_times_both_forms_of_layers_with_extra_arguments_and_1d_maps():
+    from dcd_deploy.exporting.tuning import TunedFormChooser
+
+    chooser = TunedFormChooser(threads=1, runs=2)
+    lowered, report = lower_model(small("variant"), image(1), chooser)
+    assert report and len(chooser.cache) == 3
+    assert {layer.form for layer in report.lowered} <= {"unfold", "loop"}
+
+
+class FrozenBatch(nn.Module):
+    """The batch turned into a Python number: the trace keeps the example's batch."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.gen = nn.Linear(c, c * c * 9)
+        self.c = c
+
+    def forward(self, x):
+        n = int(x.shape[0])
+        w = self.gen(x.mean((2, 3))).reshape(n * self.c, self.c, 3, 3)
+        y = F.conv2d(x.reshape(1, n * self.c, *x.shape[2:]), w, None, 1, 1, 1, n)
+        return y.view(n, self.c, *y.shape[2:])
+
+
+def test_a_batch_frozen_by_the_users_code_is_named_as_such(tmp_path):
+    model = with_stem(FrozenBatch())
+    with pytest.raises(LoweringError) as info:
+        export(model, tmp_path / "frozen.onnx", input_size=16)
+    text = " ".join(info.value.message.split())
+    assert "The forward() of 1 (FrozenBatch) turns the batch size into a Python number" in text
+    assert "froze batch 2 into the graph" in text and "dcd-deploy bug" not in text
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option", [dict(fp16=True), dict(dynamic_size=True)])
+def test_fp16_and_dynamic_size_exports_pass(option, tmp_path):
+    model = small("variant")
+    path = tmp_path / "v.onnx"
+    assert export(model, path, input_size=SIZE, **option)
+    if "dynamic_size" in option:
+        assert_onnx_exact(path, model, batches=(1, 3), size=40)
+
+
+def test_int8_export_of_a_generic_network_passes_its_check(tmp_path):
+    model = small("kernelwarehouse")
+    calibration = image(16, seed=42).numpy()
+    result = export(model, tmp_path / "kw_int8.onnx", input_size=SIZE, int8=True, calibration=calibration)
+    assert result and result.metadata["dcd_deploy.precision"] == "int8"
+    assert all(layer.family == "generic" for layer in result.report.lowered)

@@ -97,6 +97,9 @@ class GenericLayerInfo(LayerInfo):
     calls: tuple[tuple[int, FoldedCall], ...]  # (ordinal among the module's convolution calls, geometry)
     static_twin: str | None = None  # why the module has no static twin (None: it has one)
     conv_hw: tuple[int, ...] = ()  # the first folded call's input size at the probed input size
+    # shapes of the arguments after the input (a routing computed outside the layer), batch as -1;
+    # None for an argument that is not a tensor
+    extra_args: tuple[tuple[int, ...] | None, ...] = ()
 
     def geometry(self) -> str:
         k = self.calls[0][1].kernel
@@ -130,6 +133,7 @@ class _Run:
     calls: list[_Call] = dataclasses.field(default_factory=list)
     invocations: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> how many times it ran
     io: dict[str, tuple[tuple[int, ...] | None, tuple[int, ...] | None]] = dataclasses.field(default_factory=dict)
+    extra: dict[str, tuple[tuple[int, ...] | None, ...]] = dataclasses.field(default_factory=dict)  # shapes of args[1:]
     unfolds: set[str] = dataclasses.field(default_factory=set)  # paths that unfold an input-dependent tensor
     products: set[str] = dataclasses.field(default_factory=set)  # paths multiplying two input-dependent tensors
 
@@ -172,6 +176,7 @@ def _run_probe(model: nn.Module, example: torch.Tensor, batch: int) -> _Run:
             if n == 0:
                 first = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 run.io[path] = (tuple(first.shape) if first is not None else None, None)
+                run.extra[path] = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args[1:])
 
         def leave(m, args, out, path=path):
             stack.pop()
@@ -333,7 +338,9 @@ def probe(model: nn.Module, example: torch.Tensor) -> dict[str, GenericLayerInfo
             family=NAME, kind=type(modules[path]).__name__, c_in=first.c_in, c_out=first.c_out,
             kernel=first.kernel[0], stride=first.stride[0], padding=first.padding[0], groups=first.groups,
             attentions=(), dims=first.dims, dilation=first.dilation[0], calls=calls,
-            static_twin=_twin_reason(path, calls, runs), conv_hw=_conv_hw(path, calls[0][0], runs[0]))
+            static_twin=_twin_reason(path, calls, runs), conv_hw=_conv_hw(path, calls[0][0], runs[0]),
+            extra_args=tuple(None if shape is None else (-1, *shape[1:]) if shape and shape[0] == runs[0].batch else shape
+                             for shape in runs[0].extra.get(path, ())))
     convs_seen = {call.stack[-1][0] for run in runs for call in run.calls}
     for path in sorted((runs[0].unfolds & runs[0].products) - owners - convs_seen, key=list(modules).index):
         found[path] = Mismatch(NAME, f"{type(modules[path]).__name__} computes a convolution from unfolded patches and an input-dependent kernel "
@@ -438,6 +445,18 @@ class StaticTwinConv(nn.Module):
         return self.conv(x)
 
 
+class ExtraArguments(nn.Module):
+    """Stand-ins for a layer's arguments after the input, for timing it alone (``--tune``): tensors of
+    the shapes the probe saw, at the input's batch (their values do not change the timing)."""
+
+    def __init__(self, shapes: tuple[tuple[int, ...], ...]):
+        super().__init__()
+        self.shapes = shapes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.full([x.shape[0] if d == -1 else d for d in shape], 0.5) for shape in self.shapes)
+
+
 @register_family
 class GenericFoldedConv(LayerFamily):
     """The batch-folded grouped convolution, whatever module computes its weight (see the module docstring)."""
@@ -479,6 +498,15 @@ class GenericFoldedConv(LayerFamily):
               options: LowerOptions) -> nn.Module:
         assert isinstance(info, GenericLayerInfo)
         return LoweredFoldedConv(module, info.calls, options.form, options.in_hw is not None).eval()
+
+    def extra_inputs(self, info: LayerInfo) -> nn.Module | None:
+        assert isinstance(info, GenericLayerInfo)
+        if not info.extra_args:
+            return None
+        if any(shape is None for shape in info.extra_args):
+            raise LoweringError(f"--tune cannot time {info.summary()} alone: it takes an argument that is not a tensor.",
+                                "Export without --tune (the cost model chooses).")
+        return ExtraArguments(info.extra_args)
 
     def static_part(self, module: nn.Module, info: LayerInfo) -> nn.Module:
         assert isinstance(info, GenericLayerInfo)
