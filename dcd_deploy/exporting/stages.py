@@ -99,7 +99,8 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
             try:
                 buffer = io.BytesIO()
                 with quiet(log):
-                    torch.onnx.export(lowered, (example_input(options.batch or trace_batch(lowered), options.hw),), buffer, dynamo=False,
+                    example = example_input(options.batch or trace_batch(lowered), options.hw)
+                    torch.onnx.export(lowered, (example,), buffer, dynamo=False,
                                       opset_version=options.opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=dynamic_axes(options), do_constant_folding=True)
             except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one paragraph and a log
