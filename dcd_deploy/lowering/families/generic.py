@@ -35,6 +35,7 @@ weight is a parameter or buffer (not computed from the input) is left alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -45,10 +46,14 @@ from torch.overrides import TorchFunctionMode
 from ...errors import LoweringError
 from ..dynamic_forms import CONTROL_FLOW_FORMS, per_sample_conv, per_sample_conv_unfold
 from ..family import LayerFamily, LayerInfo, LowerOptions, Mismatch, register_family
-from ._expert_lowering import form_costs
+from ._expert_lowering import KERNEL_COST, PASS_COST, form_costs
 from ._folded_probe import CONV_DIMS, NAME, FoldedCall, GenericLayerInfo, conv_arguments, probe
 
 FORMS = ("unfold", "loop")
+# The expert families' CPU constants, except the loop's convolution: its Conv with a computed weight
+# is the very operator the plain static-batch export runs, measured as fast per MAC as the unfold
+# form's MatMul (benchmarks/generic_idiom.py: KernelWarehouse ResNet-18/50, batch 8).
+CPU_CONSTANTS = {"loop_conv_factor": 1.0}
 __all__ = ["FORMS", "FoldedCall", "GenericFoldedConv", "GenericLayerInfo", "LoweredFoldedConv", "folded_per_sample", "probe"]
 
 
@@ -185,14 +190,21 @@ class GenericFoldedConv(LayerFamily):
 
     def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
         """The expert families' cost model (``_expert_lowering.form_costs``) for the per-sample
-        convolution of the call's geometry, at the size the call sees (its kernel is computed by the
-        module's own code, the same for every form)."""
+        convolution of the call's geometry, at the size the call sees, with the generic family's CPU
+        constants (:data:`CPU_CONSTANTS`, overridable) and, for the loop form, the copies its body makes:
+        the layer's kernel is computed by the module's own code as a batch of kernels, which the Loop
+        gathers sample by sample (``KERNEL_COST`` per element), with the sample's input and output
+        maps (``PASS_COST`` per element). The kernel's computation is the same for every form."""
         call = info.calls[0][1]
         conv_info = dataclasses.replace(info, experts=None)
         hw = info.conv_hw or tuple(in_shape[2:])
         if len(hw) == 1:  # conv1d: a map of height k (its output height is about 1)
             hw = (call.kernel[0], hw[0])
-        costs = form_costs(conv_info, (1, call.c_in, *hw[:2]), target, **constants)
+        costs = form_costs(conv_info, (1, call.c_in, *hw[:2]), target, **{**CPU_CONSTANTS, **constants})
+        if target != "cuda":
+            kernel = call.c_out * call.c_in // call.groups * math.prod(call.kernel)
+            out = math.prod((n + 2 * info.padding - info.dilation * (info.kernel - 1) - 1) // info.stride + 1 for n in hw)
+            costs["loop"] += KERNEL_COST * kernel + PASS_COST * (call.c_in * math.prod(hw) + call.c_out * out)
         forms = [f for f in FORMS if target != "cuda" or f not in self.control_flow_forms]
         return {f: costs[f] for f in forms}
 
