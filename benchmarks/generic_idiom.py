@@ -42,6 +42,7 @@ from dcd_deploy.bench.naive import naive_export
 from dcd_deploy.exporting.loops import count_loops, expand_per_sample_convs
 from dcd_deploy.exporting.pipeline import simplify
 from dcd_deploy.lowering import lower_model, relative_error
+from dcd_deploy.lowering.family import expand_family_nodes
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime.runners import OrtRunner
 from dcd_deploy.runtime.timing import measure_interleaved
@@ -72,7 +73,8 @@ def dynamic_graph(model: torch.nn.Module, size: int, form: str) -> tuple[bytes, 
     lowered, report = lower_model(model, example, form)
     if not report:
         raise SystemExit(f"lowering failed: {report.summary()}")
-    graph, _ = simplify(expand_per_sample_convs(_onnx(lowered, torch.cat([example, example]), dynamic=True)))
+    graph, _ = simplify(expand_per_sample_convs(expand_family_nodes(_onnx(lowered, torch.cat([example, example]),
+                                                                          dynamic=True))))
     forms = sorted({layer.form for layer in report.lowered})
     return graph.SerializeToString(), f"{'+'.join(forms)}; {count_loops(graph)} loops"
 
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--batches", default="1,8", type=lambda s: [int(b) for b in s.split(",")])
-    parser.add_argument("--forms", default="auto,loop,unfold", type=lambda s: s.split(","))
+    parser.add_argument("--forms", default="auto,folded,loop,unfold", type=lambda s: s.split(","))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)

@@ -46,10 +46,11 @@ from torch.overrides import TorchFunctionMode
 from ...errors import LoweringError
 from ..dynamic_forms import CONTROL_FLOW_FORMS, per_sample_conv, per_sample_conv_unfold
 from ..family import LayerFamily, LayerInfo, LowerOptions, Mismatch, register_family
-from ._expert_lowering import KERNEL_COST, PASS_COST, form_costs
+from ._expert_lowering import KERNEL_COST, LOOP_FIXED, PASS_COST, form_costs
+from ._folded_graph import FoldedConvFn, expand_folded_convs
 from ._folded_probe import CONV_DIMS, NAME, FoldedCall, GenericLayerInfo, conv_arguments, probe
 
-FORMS = ("unfold", "loop")
+FORMS = ("unfold", "loop", "folded")
 # The expert families' CPU constants, except the loop's convolution: its Conv with a computed weight
 # is the very operator the plain static-batch export runs, measured as fast per MAC as the unfold
 # form's MatMul (benchmarks/generic_idiom.py: KernelWarehouse ResNet-18/50, batch 8).
@@ -68,6 +69,8 @@ def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, b
     ``form``: ``loop`` (:func:`per_sample_conv`, an ONNX Loop) or ``unfold``
     (:func:`per_sample_conv_unfold`, no control flow). ``static_size``: the input size is fixed, so
     the output size may be a constant of the graph."""
+    if form == "folded":
+        return _folded(call, x, weight, bias)
     if call.dims == 1:  # height 1: the padding first, so stride and dilation act along the length only
         x = F.pad(x, call.padding) if any(call.padding) else x
         xs = x.reshape(-1, call.c_in, 1, x.shape[-1])
@@ -94,6 +97,18 @@ def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, b
     if call.dims == 1:
         return out.reshape(1, -1, out.shape[-1])
     return out.reshape(1, -1, out.shape[-2], out.shape[-1])
+
+
+def _folded(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The call itself, exported as one ``FoldedConv`` node (a batch ladder of Ifs, see ``_folded_graph``)."""
+    if call.dims == 1:
+        out = FoldedConvFn.apply(x.unsqueeze(2), weight.unsqueeze(2), bias, call.c_in, call.c_out, call.groups,
+                                 (1, call.kernel[0]), (1, call.stride[0]), (0, call.padding[0], 0, call.padding[1]),
+                                 (1, call.dilation[0]))
+        return out.squeeze(2)
+    h0, h1, w0, w1 = call.padding
+    return FoldedConvFn.apply(x, weight, bias, call.c_in, call.c_out, call.groups, tuple(call.kernel),
+                              tuple(call.stride), (h0, w0, h1, w1), tuple(call.dilation))
 
 
 class _Intercept(TorchFunctionMode):
@@ -152,6 +167,11 @@ class StaticTwinConv(nn.Module):
         return self.conv(x)
 
 
+def pick_fixed(constants: dict[str, float]) -> float:
+    """The loop form's fixed cost per sample (its Loop iteration), as ``form_costs`` took it."""
+    return constants.get("loop_fixed", LOOP_FIXED)
+
+
 class ExtraArguments(nn.Module):
     """Stand-ins for a layer's arguments after the input, for timing it alone (``--tune``): tensors of
     the shapes the probe saw, at the input's batch (their values do not change the timing)."""
@@ -174,7 +194,7 @@ class GenericFoldedConv(LayerFamily):
     lowered_types = (LoweredFoldedConv,)
     probes = True
     trace_batch = 2  # the module's own code runs in the graph: never trace a batch-1 branch of it
-    control_flow_forms = CONTROL_FLOW_FORMS
+    control_flow_forms = CONTROL_FLOW_FORMS | {"folded"}
 
     def looks_dynamic(self, module: nn.Module) -> bool:
         return False  # recognised by running the network (probe), never by structure
@@ -201,12 +221,17 @@ class GenericFoldedConv(LayerFamily):
         if len(hw) == 1:  # conv1d: a map of height k (its output height is about 1)
             hw = (call.kernel[0], hw[0])
         costs = form_costs(conv_info, (1, call.c_in, *hw[:2]), target, **{**CPU_CONSTANTS, **constants})
+        # folded: the user's own convolution at every batch up to the ladder's top (its Ifs cost ~nothing)
+        costs["folded"] = costs["loop"] - pick_fixed(constants)
         if target != "cuda":
             kernel = call.c_out * call.c_in // call.groups * math.prod(call.kernel)
             out = math.prod((n + 2 * info.padding - info.dilation * (info.kernel - 1) - 1) // info.stride + 1 for n in hw)
             costs["loop"] += KERNEL_COST * kernel + PASS_COST * (call.c_in * math.prod(hw) + call.c_out * out)
         forms = [f for f in FORMS if target != "cuda" or f not in self.control_flow_forms]
         return {f: costs[f] for f in forms}
+
+    def expand_graph(self, model: Any) -> Any:
+        return expand_folded_convs(model)
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
               options: LowerOptions) -> nn.Module:
