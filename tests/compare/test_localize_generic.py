@@ -30,7 +30,7 @@ def weightnet() -> nn.Module:
     return gn.weightnet_resnet18(10, width=16, layers=(1, 1, 1, 1)).eval()
 
 
-@pytest.mark.parametrize("form", ["unfold", "loop"])
+@pytest.mark.parametrize("form", ["unfold", "loop", "folded"])
 def test_localize_names_the_changed_generic_layer(form, tmp_path):
     model = weightnet()
     good = tmp_path / f"wn_{form}.onnx"

@@ -22,6 +22,7 @@ from torch import nn
 from dcd_deploy.errors import LoweringError
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.lowering import FAMILIES, LayerInfo, Mismatch, find_dynamic_layers, lower_model, relative_error
+from dcd_deploy.lowering.families._folded_graph import LADDER
 from dcd_deploy.lowering.families.generic import GenericLayerInfo, LoweredFoldedConv
 from dcd_deploy.lowering.static_twin import static_twin
 from sample_models import dynamic_nets as dn
@@ -220,7 +221,7 @@ def test_a_plain_network_is_not_claimed():
 # ------------------------------------------------------------------------------------------ lowering
 
 
-@pytest.mark.parametrize("form", ["unfold", "loop"])
+@pytest.mark.parametrize("form", ["unfold", "loop", "folded"])
 @pytest.mark.parametrize("name", ["kernelwarehouse", "weightnet", "variant"])
 def test_lowered_forms_are_exact_in_float64_at_batch_1_3_8(name, form):
     model = small(name)
@@ -272,7 +273,7 @@ def test_idiom_variants_export_exactly_at_batch_1_3_8(variant, tmp_path):
     path = tmp_path / "variant.onnx"
     result = export(model, path, input_size=SIZE)
     assert result and "1/1 dynamic layers lowered" in result.report.summary()
-    assert_onnx_exact(path, model)
+    assert_onnx_exact(path, model, batches=(1, 3, 8, LADDER + 3))
 
 
 class BatchOneBranch(gn.WeightNetConv):
@@ -302,21 +303,25 @@ def test_a_batch_one_branch_in_the_users_code_is_not_frozen_into_the_graph(tmp_p
     model = BatchOneNet().eval()
     path = tmp_path / "b1.onnx"
     assert export(model, path, input_size=SIZE)
-    assert_onnx_exact(path, model)
+    assert_onnx_exact(path, model, batches=(1, 3, 8, LADDER + 1))
 
 
+@pytest.mark.parametrize("form", ["auto", "unfold", "loop"])
 @pytest.mark.parametrize("name", ["kernelwarehouse", "weightnet", "variant"])
-def test_papers_networks_export_exactly_on_onnx_runtime_and_openvino(name, tmp_path):
+def test_papers_networks_export_exactly_on_onnx_runtime_and_openvino(name, form, tmp_path):
     model = small(name)
     path = tmp_path / f"{name}.onnx"
-    result = export(model, path, input_size=SIZE)
+    result = export(model, path, input_size=SIZE, form=form)
     assert result and result.metadata["dcd_deploy.dynamic_batch"] == "true"
     assert all(layer.family == "generic" for layer in result.report.layers)
-    assert_onnx_exact(path, model)
+    assert {layer.form for layer in result.report.lowered} == {"folded" if form == "auto" else form}
+    assert_onnx_exact(path, model, batches=(1, 3, 8, LADDER + 1))
+    if form == "auto":  # the folded form's If ladder: OpenVINO files take the loop or unfold form
+        return
     ov = pytest.importorskip("openvino")
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    for batch in (1, 3, 8):
+    for batch in (1, 3, 8, LADDER + 1):
         x = image(batch, seed=20 + batch)
         ref, tol = bound(model, x)
         got = torch.from_numpy(np.asarray(compiled(x.numpy())[compiled.output(0)]))
@@ -390,7 +395,7 @@ def test_tune_times_both_forms_of_layers_with_extra_arguments_and_1d_maps():
     chooser = TunedFormChooser(threads=1, runs=2)
     lowered, report = lower_model(small("variant"), image(1), chooser)
     assert report and len(chooser.cache) == 3
-    assert {layer.form for layer in report.lowered} <= {"unfold", "loop"}
+    assert {layer.form for layer in report.lowered} <= {"unfold", "loop", "folded"}
 
 
 class FrozenBatch(nn.Module):

@@ -15,6 +15,9 @@ Each branch is the very convolution the user's code runs (and the plain static-b
 at that batch, so up to :data:`LADDER` samples the file runs what the plain export of that batch
 runs, and beyond it one Conv per sample. The branches hold no weights (the kernel is computed), so
 the ladder costs the file nothing. conv1d runs as conv2d of height 1 (its padding in ``pads``).
+
+OpenVINO (2026.4 CPU plugin) computes these Ifs wrongly the first time it sees a batch size (right
+from the second run on): files for OpenVINO take the ``loop`` or ``unfold`` form (``--form``).
 """
 
 from __future__ import annotations
