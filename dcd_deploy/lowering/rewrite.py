@@ -267,20 +267,25 @@ def lower_model(
     if gm is not None:
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
-        _keep_unreferenced(model, gm)
+        replaced = [line.path for line in report.lowered] + [line.folded_bn for line in report.lowered if line.folded_bn]
+        _keep_unreferenced(model, gm, replaced)
         gm.recompile()
     return root.eval(), report
 
 
-def _keep_unreferenced(model: nn.Module, gm: fx.GraphModule) -> None:
+def _keep_unreferenced(model: nn.Module, gm: fx.GraphModule, replaced: list[str]) -> None:
     """Put back in ``gm`` the modules of ``model`` the graph never calls but whose parameters a leaf
     reads through a plain attribute (a kernel warehouse shared by the layers of a stage, held in a
     list so that it is not their submodule): without them the exporter would see those parameters
-    as constants of an unknown module."""
+    as constants of an unknown module. ``replaced``: the paths of the lowered layers and folded
+    BatchNorms, never put back."""
     have = {id(t) for t in [*gm.parameters(), *gm.buffers()]}
+    present = {path for path, _ in gm.named_modules()}
     for path, module in model.named_modules():
+        if not path or path in present or any(path == r or path.startswith(r + ".") for r in replaced):
+            continue  # the lowered layers and the BatchNorms folded into them stay replaced
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if path and own and any(id(t) not in have for t in own):
+        if own and any(id(t) not in have for t in own):
             gm.add_submodule(path, module)
             have |= {id(t) for t in [*module.parameters(), *module.buffers()]}
 
