@@ -19,7 +19,7 @@ current constants lose.
 ``experts``, ``unfold``, ``loop``), timed the same way, per sample, at each batch; then the constants of
 ``dcd_deploy/lowering/families/_expert_lowering.py`` are searched for the least lost time (on CPU:
 KERNEL_COST, PASS_COST, LOOP_CONV_FACTOR, LOOP_FIXED, DEPTHWISE_FACTOR, UNFOLD_CONV_FACTOR,
-UNFOLD_COST; with ``--provider cuda``: LAUNCH_US and BYTES_PER_US, over the forms without control
+UNFOLD_COST; with ``--provider cuda``: LAUNCH_US, BYTES_PER_US and MACS_PER_US, over the forms without control
 flow, which is what ``benchmarks/gpu_check.sh`` runs). Both modes use one search (:func:`search`):
 every grid point when the grid is small (DCD's three constants), else coordinate descent from the
 current constants.
@@ -36,6 +36,7 @@ import importlib.util
 import itertools
 import json
 import math
+import random
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,31 +109,46 @@ def choice_loss(rows: list[dict], choose: Callable[[dict], str],
 
 
 def search(loss: Callable[[tuple[float, ...]], float], grids: Sequence[Sequence[float]],
-           start: Sequence[float], exhaustive_limit: int = 50_000) -> tuple[float, list[tuple[float, ...]]]:
-    """The least ``loss`` over the grid of constants and every point reaching it: all points when there are
-    at most ``exhaustive_limit``, else coordinate descent from ``start`` (each constant in turn set to its
-    best grid value, until a sweep improves nothing; the constants reaching the least loss on the last
-    sweep are returned, one constant varied at a time)."""
+           start: Sequence[float], exhaustive_limit: int = 50_000, restarts: int = 24) -> tuple[float, list[tuple[float, ...]]]:
+    """The least ``loss`` over the grid of constants and every point found reaching it: all points when
+    there are at most ``exhaustive_limit``, else coordinate descent (each constant in turn set to its best
+    grid value, until a sweep improves nothing) from ``start`` and from ``restarts`` grid points drawn
+    with a fixed seed; the ties returned are the descents' end points and their one-constant neighbours."""
     if math.prod(len(g) for g in grids) <= exhaustive_limit:
         scored = [(loss(point), point) for point in itertools.product(*grids)]
         best = min(score for score, _ in scored)
         return best, [point for score, point in scored if score <= best + 1e-12]
-    point, best = tuple(start), loss(tuple(start))
-    improved = True
-    while improved:
-        improved = False
-        for i, grid in enumerate(grids):
-            for value in grid:
-                candidate = point[:i] + (value,) + point[i + 1:]
-                score = loss(candidate)
-                if score < best - 1e-12:
-                    point, best, improved = candidate, score, True
-    ties = {point}
-    for i, grid in enumerate(grids):
-        for value in grid:
-            candidate = point[:i] + (value,) + point[i + 1:]
-            if loss(candidate) <= best + 1e-12:
-                ties.add(candidate)
+    cache: dict[tuple[float, ...], float] = {}
+
+    def cached(point: tuple[float, ...]) -> float:
+        if point not in cache:
+            cache[point] = loss(point)
+        return cache[point]
+
+    def descend(point: tuple[float, ...]) -> tuple[float, ...]:
+        best, improved = cached(point), True
+        while improved:
+            improved = False
+            for i, grid in enumerate(grids):
+                for value in grid:
+                    candidate = point[:i] + (value,) + point[i + 1:]
+                    if cached(candidate) < best - 1e-12:
+                        point, best, improved = candidate, cached(candidate), True
+        return point
+
+    rng = random.Random(0)
+    starts = [tuple(start)] + [tuple(rng.choice(list(g)) for g in grids) for _ in range(restarts)]
+    ends = [descend(p) for p in starts]
+    best = min(cached(p) for p in ends)
+    ties = set()
+    for point in ends:
+        if cached(point) <= best + 1e-12:
+            ties.add(point)
+            for i, grid in enumerate(grids):
+                for value in grid:
+                    candidate = point[:i] + (value,) + point[i + 1:]
+                    if cached(candidate) <= best + 1e-12:
+                        ties.add(candidate)
     return best, sorted(ties)
 
 
@@ -222,7 +238,8 @@ FAMILY_GRIDS = {
         "unfold_conv_factor": (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6),
         "unfold_cost": (0, 0.5, 1, 2, 4, 8, 16, 32),
     },
-    "cuda": {"launch_us": (1, 2, 3, 4, 6, 8, 12, 16), "bytes_per_us": (2.5e5, 5e5, 1e6, 2e6, 3e6, 4e6)},
+    "cuda": {"launch_us": (1, 2, 3, 4, 6, 8, 12, 16), "bytes_per_us": (2.5e5, 5e5, 1e6, 2e6, 3e6, 4e6),
+             "macs_per_us": (5e6, 1e7, 2e7, 5e7, 1e8, 2e8, 4e8)},
 }
 
 
@@ -289,10 +306,12 @@ def families_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print("| model | layer | map | batch | ms per form | fastest | choice |")
     print("|---|---|---|---|---|---|---|")
     rows: list[dict] = []
+    measured_on = {"versions": versions(), "machine": machine()}
     if args.load:
         try:
             data = json.loads(args.load.read_text())
             rows = data["rows"]
+            measured_on = {"versions": data.get("versions"), "machine": data.get("machine")}
         except (OSError, ValueError, KeyError) as exc:
             ap.error(f"--load {args.load}: not the JSON of a --families --json run ({type(exc).__name__}: {exc})")
         for row in rows:
@@ -330,11 +349,11 @@ def families_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
               f"{total * 1e3:.2f} ms); wrong on {len(wrong)}"
               + (": " + "; ".join(f"{r['model']} {r['layer']} b{r['batch']} ({family_choice(r, args.provider, constants)} "
                                   f"instead of {min(r['times'], key=r['times'].get)})" for r in wrong) if wrong else ""))
-    print(f"least loss {best_loss * 1e3:.3f} ms; {len(best)} grid points reach it (one constant varied at a time "
-          f"around the fitted point when the grid is searched by coordinate descent)")
+    print(f"least loss {best_loss * 1e3:.3f} ms; {len(best)} grid points found reaching it (coordinate descent from "
+          f"the current constants and from random grid points; fitted: the middle one)")
     if args.json:
-        args.json.write_text(json.dumps({"versions": versions(), "machine": machine(), "provider": args.provider,
-                                         "size": args.size, "fit": summary, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({**measured_on, "provider": args.provider, "size": args.size, "fit": summary,
+                                         "rows": rows}, indent=1))
     return 0
 
 

@@ -88,11 +88,14 @@ class DynamicLayer:
     experts: int | None  # K; None for DCD
     attentions: list[str]
     macs: int | None  # MACs of the whole layer at the inspected input size
+    forms: dict[str, str] = dataclasses.field(default_factory=dict)  # target -> the form export's cost model picks
 
     @classmethod
-    def from_info(cls, path: str, paper: str, info: LayerInfo, macs: int | None) -> DynamicLayer:
+    def from_info(cls, path: str, paper: str, info: LayerInfo, macs: int | None,
+                  forms: dict[str, str] | None = None) -> DynamicLayer:
         return cls(path, paper, info.kind, info.c_in, info.c_out, info.kernel if info.spatial else None,
-                   info.stride if info.spatial else None, info.groups, info.experts, list(info.attentions), macs)
+                   info.stride if info.spatial else None, info.groups, info.experts, list(info.attentions), macs,
+                   dict(forms or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,13 +203,39 @@ def _table(layers: list[DcdLayer]) -> list[str]:
 
 
 def _dynamic_table(layers: list[DynamicLayer]) -> str:
-    header = ("#", "path", "family", "kind", "C_in→C_out", "kernel/stride", "groups", "K", "attentions", "MACs")
+    header = ("#", "path", "family", "kind", "C_in→C_out", "kernel/stride", "groups", "K", "attentions", "MACs",
+              "form cpu/cuda")
     rows = [(str(i), layer.path or "<root>", layer.family, layer.kind, f"{layer.c_in}→{layer.c_out}",
              f"{layer.kernel}×{layer.kernel}/{layer.stride}" if layer.kernel is not None else "linear",
              str(layer.groups), str(layer.experts or "-"), ",".join(layer.attentions) or "-",
-             _mega(layer.macs) if layer.macs is not None else "?")
+             _mega(layer.macs) if layer.macs is not None else "?",
+             "/".join(layer.forms.get(t, "?") for t in ("cpu", "cuda")))
             for i, layer in enumerate(layers, 1)]
-    return table(header, rows, "rlllrlrrlr")
+    return table(header, rows, "rlllrlrrlrl")
+
+
+def _auto_forms(model: nn.Module, found: list, input_shape: tuple[int, ...]) -> dict[str, dict[str, str]]:
+    """path -> {target: form} that ``export``'s cost model (``--form auto``) picks for each matched
+    layer at the input it sees; empty for a layer the network does not call."""
+    from .lowering.costmodel import TARGETS, CostChooser
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for f in found:
+        def hook(_m, args, path=f.path):
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(path, tuple(args[0].shape))
+        handles.append(f.module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    except Exception:  # noqa: BLE001 - the MACs count ran the network already; no forms then
+        return {}
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {f.path: {t: CostChooser(t)(FAMILIES[f.family], f.match, shapes[f.path], f.module) for t in TARGETS}
+            for f in found if f.path in shapes}
 
 
 def _first_conv_channels(model: nn.Module) -> int:
@@ -270,7 +299,9 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
     dynamic_extra = 0
     paths = {id(m): p for p, m in model.named_modules()}
     example = torch.randn(2, *input_shape[1:], generator=torch.Generator().manual_seed(0))
-    for found in find_dynamic_layers(model, example):
+    all_found = find_dynamic_layers(model, example)
+    forms = _auto_forms(model, [f for f in all_found if isinstance(f.match, LayerInfo)], input_shape)
+    for found in all_found:
         if not isinstance(found.match, LayerInfo):
             unmatched.append(UnmatchedLayer(found.path, found.family, found.match.reason))
             continue
@@ -286,7 +317,8 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
             dynamic_extra += layer_macs - static
         if isinstance(info, DcdLayerInfo):
             layers.append(DcdLayer.from_info(found.path, info, layer_macs, static))
-        dynamic.append(DynamicLayer.from_info(found.path, FAMILIES[found.family].paper, info, layer_macs))
+        dynamic.append(DynamicLayer.from_info(found.path, FAMILIES[found.family].paper, info, layer_macs,
+                                              forms.get(found.path)))
     known = [u.path for u in unmatched] + [d.path for d in dynamic]
     unmatched += [UnmatchedLayer(path, "unknown", why) for path, why in computed_weight_modules(model, example, known).items()]
 

@@ -23,7 +23,7 @@ from dcd_deploy.lowering import FAMILIES, LayerInfo, Mismatch, find_dynamic_laye
 from sample_models import dynamic_nets  # noqa: E402, F401 - the reference layers, for the family tests
 
 DYNAMIC_LAYER_KEYS = {"path", "family", "kind", "c_in", "c_out", "kernel", "stride", "groups", "experts",
-                      "attentions", "macs"}
+                      "attentions", "macs", "forms"}
 
 
 def recognise(module: nn.Module) -> tuple[str, LayerInfo | Mismatch] | None:

@@ -95,3 +95,39 @@ def test_int8_elementwise_times_every_variant(capsys):
     for variant in ("QLinearMul NHWC broadcast", "QLinearMul NCHW broadcast", "QLinearMul same shape", "float DQ + Mul + Q"):
         assert f"| {variant} |" in table
     assert "| QLinearMul same shape | " in table and "| 1.00× |" in table
+
+
+def test_fit_cost_model_families_times_every_form_and_fits(tmp_path, capsys):
+    fit = _load("fit_cost_model")
+    out = tmp_path / "families.json"
+    assert fit.main(["--families", "--models", "dy_resnet18", "--size", "32", "--batches", "1", "--runs", "2",
+                     "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert len(rows) >= 5 and all(set(r["times"]) >= {"experts", "unfold", "loop"} for r in rows if "3×3" in r["layer"])
+    assert all(t > 0 for r in rows for t in r["times"].values())
+    assert {"current constants", "fitted constants"} <= set(data["fit"])
+    text = capsys.readouterr().out
+    assert "current constants (KERNEL_COST" in text and "least loss" in text
+    # re-scoring the saved measurements needs no timing
+    assert fit.main(["--families", "--load", str(out)]) == 0
+
+
+def test_fit_search_is_exhaustive_on_a_small_grid_and_descends_on_a_large_one():
+    fit = _load("fit_cost_model")
+    loss = lambda c: abs(c[0] - 3) + abs(c[1] - 1)
+    assert fit.search(loss, [range(6), range(4)], (0, 0)) == (0, [(3, 1)])
+    best, points = fit.search(loss, [range(6), range(4)], (0, 0), exhaustive_limit=1)
+    assert best == 0 and (3, 1) in points
+
+
+def test_dynamic_families_dry_run_of_the_cuda_target_on_cpu(tmp_path, capsys):
+    """What gpu_check.sh's families part runs, on a CPU at a toy size: a --target cuda graph with no control flow."""
+    families = _load("dynamic_families")
+    out = tmp_path / "f.json"
+    families.main(["--models", "od_resnet18", "--target", "cuda", "--size", "32", "--batches", "1,2", "--runs", "2",
+                   "--warmup", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["batch"], r["target"]) for r in rows] == [("od_resnet18", 1, "cuda"), ("od_resnet18", 2, "cuda")]
+    assert all("loop" not in r["forms"].split(";")[0] and r["forms"].endswith("0 loops") for r in rows)
+    assert all(r["error"] < 1e-4 for r in rows)

@@ -11,7 +11,7 @@ from .report import LayerRewrite, RewriteReport
 from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_model, relative_error
 
 # What ``export --form`` takes: the cost model's choice, or a form name used wherever a layer's family offers it
-FORM_CHOICES = ("auto", *families.dcd_conv.FORMS, *families._expert_lowering.FORMS)
+FORM_CHOICES = tuple(dict.fromkeys(("auto", *families.dcd_conv.FORMS, *families._expert_lowering.FORMS, *families.generic.FORMS)))
 
 __all__ = [
     "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",

@@ -173,3 +173,16 @@ def test_tune_times_every_expert_form_on_cpu_and_none_with_control_flow_for_cuda
     chooser = tuned_form_chooser(threads=1, runs=2, on_progress=lines.append)
     assert export(build("dyconv"), tmp_path / "tuned.onnx", input_size=SIZE, form=chooser)
     assert lines and all("loop" in line for line in lines if "3×3" in line)
+
+
+@pytest.mark.parametrize("family", sorted(NETWORKS))
+def test_inspect_names_the_form_export_picks_on_each_target(family, tmp_path):
+    """inspect's form column is what export --form auto picks, per target; never loop on cuda."""
+    from dynamic_fixtures import inspect_network
+
+    model = build(family)
+    layers = inspect_network(model, SIZE).dynamic
+    assert layers and all(set(layer.forms) == {"cpu", "cuda"} for layer in layers)
+    assert all(layer.forms["cuda"] != "loop" for layer in layers)
+    result = export(model, tmp_path / "m.onnx", input_size=SIZE, target="cuda", self_check=False)
+    assert {row.path: row.form for row in result.report.lowered} == {layer.path: layer.forms["cuda"] for layer in layers}

@@ -151,7 +151,7 @@ def test_cost_model_keeps_one_times_the_arithmetic_for_full_convolutions():
     full = family.match(dynamic_nets.CondConv2d(256, 256, 3, num_experts=4))
     pw_costs = family.costs(pw, (1, 112, 14, 14), "cpu")
     full_costs = family.costs(full, (1, 256, 14, 14), "cpu")
-    assert min(pw_costs, key=pw_costs.get) == "kernel"
+    assert min(pw_costs, key=pw_costs.get) in ("kernel", "loop")  # 1× the arithmetic, never K×
     assert min(full_costs, key=full_costs.get) in ("unfold", "loop")
     assert set(family.costs(pw, (1, 112, 14, 14), "cuda")) == {"kernel", "experts"}  # no Loop on cuda
     assert set(family.costs(full, (1, 256, 14, 14), "cuda")) == {"experts", "unfold"}

@@ -250,12 +250,19 @@ def _batch_dim(path: Path) -> onnx.TensorShapeProto.Dimension:
     return onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
 
 
-def test_timm_network_exports_one_dynamic_batch_file(timm, blocks, tmp_path):
+@pytest.mark.parametrize("target, form", [("cpu", "auto"), ("cuda", "auto"), ("cuda", "unfold")])
+def test_timm_network_exports_one_dynamic_batch_file(timm, blocks, tmp_path, target, form):
+    """On --target cuda with no control flow anywhere (CUDA graphs, tract)."""
     if not _condconv_lowering_exists():
         pytest.skip("the condconv family has no lowering yet")
     model = timm_condconv_net(timm)
-    result = export(model, tmp_path / "timm_cc.onnx", input_size=SIZE)
+    result = export(model, tmp_path / "timm_cc.onnx", input_size=SIZE, target=target, form=form)
     assert result, result.render()
+    if target == "cuda":
+        graph = onnx.load(str(result.path)).graph
+        ops = [n.op_type for n in graph.node] + [n.op_type for node in graph.node for a in node.attribute
+                                                  if a.HasField("g") for n in a.g.node]
+        assert not {"Loop", "If", "Scan"} & set(ops)
     assert [p.name for p in tmp_path.iterdir()] == ["timm_cc.onnx"]
     lines = {line.path: line for line in result.layers}
     assert set(lines) == set(_condconvs(timm, model)) and all(line.lowered for line in lines.values())

@@ -17,9 +17,10 @@ convolutions, which run far below a full convolution's GEMM rate):
   LOOP_FIXED`` (a Conv whose weight is computed gets no pre-packed weights, and each Loop iteration
   has a fixed cost). The constants are fitted by ``benchmarks/fit_cost_model.py --families``
   (measured per distinct layer, see there and ``benchmarks/results/fit_cost_model_families_cpu.json``).
-* CUDA, in microseconds: kernel launches (4 µs each) plus the extra bytes at ~2 TB/s (the unfold
-  form writes and reads its unfolded map); the loop form pays a launch per sample, and is never
-  chosen on CUDA (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model,
+* CUDA, in microseconds per sample: kernel launches (4 µs each, per call, weighed at batch 16 or
+  the export's batch) plus the bytes moved at ~2 TB/s (the unfold form writes and reads its unfolded
+  map, C_in·k²·HW values) plus the arithmetic at ~50 TMAC/s (the experts form does K convolutions);
+  the loop form pays two launches per sample, and is never chosen on CUDA (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model,
   not a fit: no GPU has measured them yet (``benchmarks/gpu_check.sh`` records the per-form CUDA
   timings for one).
 
@@ -48,15 +49,23 @@ def available_forms(info_kernel: int, stride: int, padding: int, groups: int, ha
     return forms
 
 
-KERNEL_COST = 4.0  # writing and reading back one element of a per-sample kernel
-PASS_COST = 2.0  # one element of an elementwise pass over a feature map
-LOOP_CONV_FACTOR = 1.5  # a Conv whose weight is computed: no pre-packed weights
-LOOP_FIXED = 3.0e4  # one Loop iteration (subgraph execution)
+# CPU constants, fitted on ONNX Runtime 1.32 CPU (2 threads, 224×224, batch 1 and 8, the four networks of
+# benchmarks/dynamic_families.py) by `python benchmarks/fit_cost_model.py --families --json
+# benchmarks/results/fit_cost_model_families_cpu.json` (re-scored with `--load` on that file): the least
+# time lost over 112 measured (layer, batch) pairs, 6.3 % of the best choices' time (the constants before
+# the fit lost 54 % with the unfold form added). The plateau is wide: see the file's "fit".
+KERNEL_COST = 8.0  # writing and reading back one element of a per-sample kernel
+PASS_COST = 16.0  # one element of an elementwise pass over a feature map
+LOOP_CONV_FACTOR = 1.0  # a Conv whose weight is computed: no pre-packed weights
+LOOP_FIXED = 1.0e6  # one Loop iteration (subgraph execution, a Conv set up for one sample's weight)
 DEPTHWISE_FACTOR = 4.0  # a grouped conv runs far below the GEMM rate of a full one, per MAC
 UNFOLD_CONV_FACTOR = 1.0  # the unfold form's batched MatMul, per MAC of the convolution
-UNFOLD_COST = 2.0  # one element of the unfolded map (written by the one-hot Conv, read by the MatMul)
-LAUNCH_US = 4.0  # CUDA: one kernel launch
-BYTES_PER_US = 2e6  # CUDA: ~2 TB/s of device memory
+UNFOLD_COST = 4.0  # one element of the unfolded map (written by the one-hot Conv, read by the MatMul)
+# CUDA constants: a model, not a fit (no GPU has timed the forms yet; gpu_check.sh's "fit" part does)
+LAUNCH_US = 4.0  # one kernel launch (without CUDA graphs; far less with them)
+BYTES_PER_US = 2e6  # ~2 TB/s of device memory
+MACS_PER_US = 5e7  # ~50 TMAC/s: float32 convolutions and MatMuls with TF32 on a data-centre GPU
+CUDA_BATCH = 16  # launches are per call: weighed per sample at this batch (or the export's, if larger)
 
 
 class ExpertMixingFamily(LayerFamily):
@@ -93,7 +102,7 @@ def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str, *, kerne
                pass_cost: float | None = None, loop_conv_factor: float | None = None, loop_fixed: float | None = None,
                depthwise_factor: float | None = None, unfold_conv_factor: float | None = None,
                unfold_cost: float | None = None, launch_us: float | None = None,
-               bytes_per_us: float | None = None) -> dict[str, float]:
+               bytes_per_us: float | None = None, macs_per_us: float | None = None) -> dict[str, float]:
     """Every form's cost (offered or not) per the module docstring; None takes the module's constant."""
     pick = lambda value, default: default if value is None else value
     k_sq, cin_g, K = info.kernel**2, info.c_in // info.groups, info.experts or 1
@@ -101,13 +110,16 @@ def form_costs(info: LayerInfo, in_shape: tuple[int, ...], target: str, *, kerne
     kernel_elems = info.c_out * cin_g * k_sq
     conv = kernel_elems * hw * (pick(depthwise_factor, DEPTHWISE_FACTOR) if info.groups > 1 else 1.0)
     out, unfolded = info.c_out * hw, info.c_in * k_sq * hw
-    if target == "cuda":  # launches + bytes moved; arithmetic is not the limit
-        launch, rate = pick(launch_us, LAUNCH_US), pick(bytes_per_us, BYTES_PER_US)
-        forming_bytes = 4 * (K + 2) * kernel_elems
-        return {"kernel": 4 * launch + forming_bytes / rate,
-                "experts": 3 * launch + 4 * (K + 1) * out / rate,
-                "unfold": 5 * launch + (forming_bytes + 8 * unfolded) / rate,
-                "loop": 3 * launch + 2 * launch * max(1, in_shape[0]) + forming_bytes / rate}
+    if target == "cuda":  # launches per call, plus per sample the bytes moved and the arithmetic
+        launch, rate, macs = pick(launch_us, LAUNCH_US), pick(bytes_per_us, BYTES_PER_US), pick(macs_per_us, MACS_PER_US)
+        batch = max(in_shape[0], CUDA_BATCH)
+        forming_bytes, full_conv = 4 * (K + 2) * kernel_elems, kernel_elems * hw
+        launches = {"kernel": 4, "experts": 3, "unfold": 5, "loop": 3 + 2 * batch}
+        per_sample = {"kernel": forming_bytes / rate + (K * kernel_elems + full_conv) / macs,
+                      "experts": 4 * (K + 1) * out / rate + K * full_conv / macs,
+                      "unfold": (forming_bytes + 8 * unfolded) / rate + (K * kernel_elems + full_conv) / macs,
+                      "loop": forming_bytes / rate + (K * kernel_elems + full_conv) / macs}
+        return {form: launch * launches[form] / batch + per_sample[form] for form in launches}
     forming = (K + pick(kernel_cost, KERNEL_COST)) * kernel_elems
     pass_cost = pick(pass_cost, PASS_COST)
     return {"kernel": forming + conv + pass_cost * out,
