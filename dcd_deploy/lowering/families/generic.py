@@ -17,9 +17,16 @@ kernel: channels ``[n·C_in, (n+1)·C_in)`` meet filters ``[n·C_out, (n+1)·C_o
 
 ``groups = N·g`` is an attribute of an ONNX ``Conv``: the file would hold the example's batch.
 The lowering keeps the module's own code (its kernel computation is already batch-dynamic) and
-replaces only that call by a per-sample form whose graph holds nothing of N: the ONNX ``Loop``
-over the batch (``dynamic_forms.per_sample_conv``). conv1d is the 2-D case with height 1 (its
-padding applied first with ``F.pad``, so that stride and dilation act along the length only).
+replaces only that call by a form whose graph holds nothing of N:
+
+* ``folded`` (CPU default): the call itself as one ``FoldedConv`` node, expanded into a ladder of
+  ``If`` on N whose branch for batch n is the grouped ``Conv`` with ``n·g`` groups (the plain
+  static-batch export's own operator), and the ``loop`` form beyond the ladder (``_folded_graph``);
+* ``unfold``: ``dynamic_forms.per_sample_conv_unfold`` (no control flow: ``--target cuda``);
+* ``loop``: ``dynamic_forms.per_sample_conv``, an ONNX ``Loop`` over the samples.
+
+conv1d is the 2-D case with height 1 (for the per-sample forms its padding is applied first with
+``F.pad``, so that stride and dilation act along the length only).
 
 Recognition is by running, not by names (:func:`probe`): one forward pass at batch 2 and one at
 batch 3 with every parameter frozen and the input requiring a gradient, so a convolution's weight
@@ -51,9 +58,8 @@ from ._folded_graph import FoldedConvFn, expand_folded_convs
 from ._folded_probe import CONV_DIMS, NAME, FoldedCall, GenericLayerInfo, conv_arguments, probe
 
 FORMS = ("unfold", "loop", "folded")
-# The expert families' CPU constants, except the loop's convolution: its Conv with a computed weight
-# is the very operator the plain static-batch export runs, measured as fast per MAC as the unfold
-# form's MatMul (benchmarks/generic_idiom.py: KernelWarehouse ResNet-18/50, batch 8).
+# The expert families' CPU constants, with the loop's convolution at 1.0 per MAC: its Conv with a
+# computed weight is the very operator the plain static-batch export runs (benchmarks/generic_idiom.py).
 CPU_CONSTANTS = {"loop_conv_factor": 1.0}
 __all__ = ["FORMS", "FoldedCall", "GenericFoldedConv", "GenericLayerInfo", "LoweredFoldedConv", "folded_per_sample", "probe"]
 
@@ -66,8 +72,8 @@ def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, b
     """The batch-folded call computed per sample: ``x`` (1, N·C_in, *spatial), ``weight`` (N·C_out,
     C_in/g, *k), ``bias`` (N·C_out,) or None; returns (1, N·C_out, *spatial_out) like the call.
 
-    ``form``: ``loop`` (:func:`per_sample_conv`, an ONNX Loop) or ``unfold``
-    (:func:`per_sample_conv_unfold`, no control flow). ``static_size``: the input size is fixed, so
+    ``form``: ``folded`` (the call itself, see ``_folded_graph``), ``loop`` (:func:`per_sample_conv`,
+    an ONNX Loop) or ``unfold`` (:func:`per_sample_conv_unfold`, no control flow). ``static_size``: the input size is fixed, so
     the output size may be a constant of the graph."""
     if form == "folded":
         return _folded(call, x, weight, bias)
