@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcd_deploy.bench.naive import naive_export
+from dcd_deploy.exporting.folded import expand_folded_convs
 from dcd_deploy.exporting.loops import count_loops, expand_per_sample_convs
 from dcd_deploy.exporting.pipeline import simplify
 from dcd_deploy.lowering import lower_model, relative_error
-from dcd_deploy.lowering.family import expand_family_nodes
 from dcd_deploy.lowering.static_twin import static_twin
 from dcd_deploy.runtime.runners import OrtRunner
 from dcd_deploy.runtime.timing import measure_interleaved
@@ -73,7 +73,7 @@ def dynamic_graph(model: torch.nn.Module, size: int, form: str) -> tuple[bytes, 
     lowered, report = lower_model(model, example, form)
     if not report:
         raise SystemExit(f"lowering failed: {report.summary()}")
-    graph, _ = simplify(expand_per_sample_convs(expand_family_nodes(_onnx(lowered, torch.cat([example, example]),
+    graph, _ = simplify(expand_per_sample_convs(expand_folded_convs(_onnx(lowered, torch.cat([example, example]),
                                                                           dynamic=True))))
     forms = sorted({layer.form for layer in report.lowered})
     return graph.SerializeToString(), f"{'+'.join(forms)}; {count_loops(graph)} loops"

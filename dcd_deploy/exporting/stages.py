@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, raise_if_interrupted, summarize_exception
 from ..lowering import RewriteReport, lower_model, relative_error
 from ..lowering.computed_weights import computed_weight_modules
-from ..lowering.family import expand_family_nodes, trace_batch
+from ..lowering.family import trace_batch
 from .graphcheck import batch_independent, batch_specific_metadata, conv_weights_are_constant
 from .options import ExportOptions
 from .quantize import Int8Check
@@ -123,10 +123,11 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
 
 def _expand_custom_ops(graph: onnx.ModelProto, options: ExportOptions) -> onnx.ModelProto:
     """Replace dcd-deploy's own exporter nodes (per-sample convolutions) by standard ONNX."""
+    from .folded import expand_folded_convs
     from .loops import expand_per_sample_convs
 
     try:
-        return expand_per_sample_convs(expand_family_nodes(graph))
+        return expand_per_sample_convs(expand_folded_convs(graph))
     except ValueError as exc:
         raise InputError(f"--opset {options.opset} is too old for this network: {exc}.",
                          "Pass a higher --opset, e.g. the default.") from None

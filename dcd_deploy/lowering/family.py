@@ -146,11 +146,6 @@ class LayerFamily:
     def static_part(self, module: nn.Module, info: LayerInfo) -> nn.Module:
         raise NotImplementedError
 
-    def expand_graph(self, model: Any) -> Any:
-        """The exported ``onnx.ModelProto`` with this family's own custom nodes replaced by standard
-        ONNX (before any other tool reads the graph); the model itself when it has none."""
-        return model
-
     def extra_inputs(self, info: LayerInfo) -> nn.Module | None:
         """A module computing the layer's positional arguments after the input from the input (a
         tuple), for timing the layer alone (``--tune``); None when it takes the input only."""
@@ -167,13 +162,6 @@ def register_family(cls: type[LayerFamily]) -> type[LayerFamily]:
         raise ValueError(f"two layer families are named {cls.name!r}: {type(old).__qualname__} and {cls.__qualname__}")
     FAMILIES[cls.name] = cls()
     return cls
-
-
-def expand_family_nodes(model: Any) -> Any:
-    """Every family's :meth:`LayerFamily.expand_graph` applied to the exported ``model``."""
-    for family in FAMILIES.values():
-        model = family.expand_graph(model)
-    return model
 
 
 def trace_batch(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 from dcd_deploy.errors import LoweringError
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.lowering import FAMILIES, LayerInfo, Mismatch, find_dynamic_layers, lower_model, relative_error
-from dcd_deploy.lowering.families._folded_graph import LADDER
+from dcd_deploy.exporting.folded import LADDER
 from dcd_deploy.lowering.families.generic import GenericLayerInfo, LoweredFoldedConv
 from dcd_deploy.lowering.static_twin import static_twin
 from sample_models import dynamic_nets as dn

@@ -21,7 +21,7 @@ replaces only that call by a form whose graph holds nothing of N:
 
 * ``folded`` (CPU default): the call itself as one ``FoldedConv`` node, expanded into a ladder of
   ``If`` on N whose branch for batch n is the grouped ``Conv`` with ``n·g`` groups (the plain
-  static-batch export's own operator), and the ``loop`` form beyond the ladder (``_folded_graph``);
+  static-batch export's own operator), and the ``loop`` form beyond the ladder (``exporting/folded.py``);
 * ``unfold``: ``dynamic_forms.per_sample_conv_unfold`` (no control flow: ``--target cuda``);
 * ``loop``: ``dynamic_forms.per_sample_conv``, an ONNX ``Loop`` over the samples.
 
@@ -54,7 +54,7 @@ from ...errors import LoweringError
 from ..dynamic_forms import CONTROL_FLOW_FORMS, per_sample_conv, per_sample_conv_unfold
 from ..family import LayerFamily, LayerInfo, LowerOptions, Mismatch, register_family
 from ._expert_lowering import KERNEL_COST, LOOP_FIXED, PASS_COST, form_costs
-from ._folded_graph import FoldedConvFn, expand_folded_convs
+from ._folded_graph import FoldedConvFn
 from ._folded_probe import CONV_DIMS, NAME, FoldedCall, GenericLayerInfo, conv_arguments, probe
 
 FORMS = ("unfold", "loop", "folded")
@@ -235,9 +235,6 @@ class GenericFoldedConv(LayerFamily):
             costs["loop"] += KERNEL_COST * kernel + PASS_COST * (call.c_in * math.prod(hw) + call.c_out * out)
         forms = [f for f in FORMS if target != "cuda" or f not in self.control_flow_forms]
         return {f: costs[f] for f in forms}
-
-    def expand_graph(self, model: Any) -> Any:
-        return expand_folded_convs(model)
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
               options: LowerOptions) -> nn.Module:
