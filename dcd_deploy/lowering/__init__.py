@@ -6,14 +6,16 @@
 """
 
 from . import families  # noqa: F401  (registers every family)
+from .dynamic_forms import FORMS as _EXPERT_FORMS
 from .family import FAMILIES, DcdLayerInfo, LayerFamily, LayerInfo, LowerOptions, Mismatch, register_family
 from .report import LayerRewrite, RewriteReport
 from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_model, relative_error
 
 # What ``export --form`` takes: the cost model's choice, or a form name used wherever a layer's family offers it
-FORM_CHOICES = tuple(dict.fromkeys(("auto", *families.dcd_conv.FORMS, *families._expert_lowering.FORMS, *families.generic.FORMS)))
+FORM_CHOICES = tuple(dict.fromkeys(("auto", *families.dcd_conv.FORMS, *_EXPERT_FORMS, *families.generic.FORMS)))
 
 __all__ = [
-    "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions", "Mismatch",
+    "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions",
+    "Mismatch",
     "RewriteReport", "find_dcd_layers", "find_dynamic_layers", "lower_model", "register_family", "relative_error",
 ]

@@ -14,7 +14,7 @@ The BatchNorm ``(g, h)`` that follows the layer is folded into every expert: ``W
 ``Σ_k a_nk = 1``: softmax routing without a filter attention. CondConv's sigmoid routing does not
 sum to 1, so h is kept out of the experts unless the routing is known to sum to one.)
 
-Three forms compute this with a dynamic batch:
+Four forms compute this with a dynamic batch:
 
 * ``kernel`` (1×1, padding 0, groups 1): ``K_n = Σ_k a_nk W_k`` with α_f scaling its rows and α_c its
   columns, then one batched MatMul with x (N, C_in, HW) and the per-sample bias. Forming the
@@ -24,9 +24,15 @@ Three forms compute this with a dynamic batch:
   sum (a batched MatMul, or Mul + ReduceSum when α_f or groups make the weights per channel).
   K× the arithmetic, all of it in a static convolution. α_c scales x first. α_s varies over the
   k×k taps per sample, which no static convolution can follow: this form needs k = 1 or no α_s.
+* ``unfold``: the per-sample kernel as above (α_s folded in), then :func:`per_sample_conv_unfold`:
+  the input unfolded by ONE static depthwise Conv with one-hot kernels (channel c·k²+t is input
+  channel c at tap t, so each group's C_in/g·k² columns are contiguous), and one batched MatMul of
+  the kernel (N, g, C_out/g, C_in/g·k²) with it. 1× the arithmetic for any kernel size and only
+  static operators: no control flow, so CUDA graphs capture it and tract runs it.
 * ``loop``: the per-sample kernel as above, then :class:`PerSampleConv`, which the exporter turns
   into an ONNX ``Loop`` over the batch running one ``Conv`` per sample with that sample's weight
-  (``dcd_deploy.exporting.loops``). 1× the arithmetic for any kernel size.
+  (``dcd_deploy.exporting.loops``). 1× the arithmetic for any kernel size; control flow, so never
+  written for ``--target cuda`` (:data:`CONTROL_FLOW_FORMS`).
 """
 
 from __future__ import annotations
@@ -340,7 +346,8 @@ class _PerSampleKernelForm(_Form):
         kernel_elems = bank.weight[0].numel()
         c_in = bank.weight.shape[2] * bank.groups
         self.fold_channel = _fold_into_kernel(kernel_elems, None if in_hw is None else c_in * in_hw[0] * in_hw[1])
-        self.fold_filter = _fold_into_kernel(kernel_elems, None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1])
+        out_elems = None if in_hw is None else self.c_out * self.out_hw[0] * self.out_hw[1]
+        self.fold_filter = _fold_into_kernel(kernel_elems, out_elems)
 
     def convolve(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, shared: bool) -> torch.Tensor:
         """``kernel`` (N, C_out, C_in/g, k, k), or (1, …) when ``shared`` by every sample."""

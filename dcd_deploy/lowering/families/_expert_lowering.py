@@ -20,9 +20,10 @@ convolutions, which run far below a full convolution's GEMM rate):
 * CUDA, in microseconds per sample: kernel launches (4 µs each, per call, weighed at batch 16 or
   the export's batch) plus the bytes moved at ~2 TB/s (the unfold form writes and reads its unfolded
   map, C_in·k²·HW values) plus the arithmetic at ~50 TMAC/s (the experts form does K convolutions);
-  the loop form pays two launches per sample, and is never chosen on CUDA (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model,
-  not a fit: no GPU has measured them yet (``benchmarks/gpu_check.sh`` records the per-form CUDA
-  timings for one).
+  the loop form pays two launches per sample, and is never chosen on CUDA
+  (:attr:`ExpertMixingFamily.control_flow_forms`). These constants are a model, not a fit: no GPU
+  has measured them yet (``benchmarks/gpu_check.sh``'s "fit" part records the per-form CUDA timings
+  for one).
 
 ``--tune`` measures the forms instead.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..dynamic_forms import CONTROL_FLOW_FORMS, FORMS, ExpertBank, LoweredDynamicConv, experts_ok
+from ..dynamic_forms import CONTROL_FLOW_FORMS, ExpertBank, LoweredDynamicConv, experts_ok
 from ..family import LayerFamily, LayerInfo, LowerOptions
 
 
@@ -88,7 +89,7 @@ class ExpertMixingFamily(LayerFamily):
 
     def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
         """Estimated cost per sample of each form: CPU in MAC-equivalents, CUDA in microseconds.
-        ``constants`` override the module's CPU constants by lower-case name (for fitting them)."""
+        ``constants`` override the module's constants by lower-case name (for fitting them, see :func:`form_costs`)."""
         forms = [f for f in self.forms(info, in_shape) if target != "cuda" or f not in self.control_flow_forms]
         return {form: cost for form, cost in form_costs(info, in_shape, target, **constants).items() if form in forms}
 

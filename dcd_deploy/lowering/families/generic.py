@@ -72,7 +72,7 @@ def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, b
     """The batch-folded call computed per sample: ``x`` (1, N·C_in, *spatial), ``weight`` (N·C_out,
     C_in/g, *k), ``bias`` (N·C_out,) or None; returns (1, N·C_out, *spatial_out) like the call.
 
-    ``form``: ``folded`` (the call itself, see ``_folded_graph``), ``loop`` (:func:`per_sample_conv`,
+    ``form``: ``folded`` (the call itself, see ``exporting/folded.py``), ``loop`` (:func:`per_sample_conv`,
     an ONNX Loop) or ``unfold`` (:func:`per_sample_conv_unfold`, no control flow). ``static_size``: the input size is fixed, so
     the output size may be a constant of the graph."""
     if form == "folded":
@@ -106,7 +106,7 @@ def folded_per_sample(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, b
 
 
 def _folded(call: FoldedCall, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The call itself, exported as one ``FoldedConv`` node (a batch ladder of Ifs, see ``_folded_graph``)."""
+    """The call itself, exported as one ``FoldedConv`` node (a batch ladder of Ifs, see ``exporting/folded.py``)."""
     if call.dims == 1:
         out = FoldedConvFn.apply(x.unsqueeze(2), weight.unsqueeze(2), bias, call.c_in, call.c_out, call.groups,
                                  (1, call.kernel[0]), (1, call.stride[0]), (0, call.padding[0], 0, call.padding[1]),
