@@ -4,7 +4,7 @@ CUDA graphs capture no control flow (ONNX Runtime refuses ``enable_cuda_graph`` 
 Loop, If or Scan) and tract runs no Loop, so every ``--target cuda`` file must be free of them, in
 the main graph and in any subgraph: the expert families' per-sample convolutions take the
 loop-free ``unfold`` form (or ``kernel`` / ``experts``), never ``loop``. Each file is then run at
-batch 1 and 3 (one dynamic-batch file) on ONNX Runtime, tract and OpenVINO against the float64
+batch 1, 3 and 8 (one dynamic-batch file) on ONNX Runtime, tract and OpenVINO against the float64
 evaluation of the original network, bound max(1e-4, 10 × the network's own float32 noise). The
 target only picks forms, so all of this runs on a CPU.
 """
@@ -71,12 +71,12 @@ def run_openvino(path, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def check_file(path, model: torch.nn.Module, tmp_path, runtimes=("ort", "tract", "openvino")) -> None:
-    """No control flow; a dynamic batch; exact at batch 1 and 3 on each runtime installed."""
+    """No control flow; a dynamic batch; exact at batch 1, 3 and 8 on each runtime installed."""
     graph = onnx.load(str(path)).graph
     assert control_flow_nodes(graph) == []
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is a symbol
     hw = [d.dim_value or SIZE for d in graph.input[0].type.tensor_type.shape.dim[2:]]
-    xs = [torch.randn(b, 3, *hw, generator=torch.Generator().manual_seed(b)) for b in (1, 3)]
+    xs = [torch.randn(b, 3, *hw, generator=torch.Generator().manual_seed(b)) for b in (1, 3, 8)]
     outs: dict[str, list[np.ndarray]] = {"ort": [run_onnx(path, x) for x in xs]}
     if "tract" in runtimes:
         try:

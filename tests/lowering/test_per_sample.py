@@ -1,4 +1,5 @@
-"""Per-sample convolutions: the loop-free ``per_sample_conv_unfold`` and the Loop one, against
+"""Per-sample convolutions (``lowering/per_sample.py``, imported here through ``dynamic_forms``, the
+path other modules use): the loop-free ``per_sample_conv_unfold`` and the Loop one, against
 ``F.conv2d`` sample by sample, in float64 (PyTorch) and in float32 on ONNX Runtime from one
 dynamic-batch file."""
 
