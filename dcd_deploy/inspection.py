@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import InputError, summarize_exception
+from .errors import InputError, LoweringError, summarize_exception
 from .load.model import LoadedModel
 from .lowering import FAMILIES, DcdLayerInfo, LayerInfo, find_dynamic_layers
 from .lowering.computed_weights import computed_weight_modules
@@ -303,7 +303,8 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
     unmatched: list[UnmatchedLayer] = []
     dynamic_extra = 0
     paths = {id(m): p for p, m in model.named_modules()}
-    all_found = find_dynamic_layers(model)
+    example = torch.randn(2, *input_shape[1:], generator=torch.Generator().manual_seed(0))
+    all_found = find_dynamic_layers(model, example)
     forms = _auto_forms(model, [f for f in all_found if isinstance(f.match, LayerInfo)], input_shape)
     for found in all_found:
         if not isinstance(found.match, LayerInfo):
@@ -312,7 +313,10 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
         info = found.match
         layer_macs = per_module.get(found.path)
         # the static part's MACs, when it is a submodule of the layer (counted in the same pass)
-        part = paths.get(id(FAMILIES[found.family].static_part(found.module, info)))
+        try:
+            part = paths.get(id(FAMILIES[found.family].static_part(found.module, info)))
+        except LoweringError:  # no static twin (the reason is the bench's to give)
+            part = None
         static = per_module.get(part) if part is not None else None
         if layer_macs is not None and static is not None:
             dynamic_extra += layer_macs - static
@@ -320,7 +324,6 @@ def inspect_model(loaded: LoadedModel, input_size: int | tuple[int, int] = 224) 
             layers.append(DcdLayer.from_info(found.path, info, layer_macs, static))
         dynamic.append(DynamicLayer.from_info(found.path, FAMILIES[found.family].paper, info, layer_macs,
                                               forms.get(found.path)))
-    example = torch.randn(2, *input_shape[1:], generator=torch.Generator().manual_seed(0))
     known = [u.path for u in unmatched] + [d.path for d in dynamic]
     unmatched += [UnmatchedLayer(path, "unknown", why) for path, why in computed_weight_modules(model, example, known).items()]
 

@@ -110,10 +110,24 @@ class HyperConv(torch.nn.Module):
         return y.view(n, self.channels, *y.shape[2:])
 
 
-def hyper_net(num_classes: int = 10) -> torch.nn.Module:
-    """A small network whose one dynamic convolution (``body.hyper``) matches no family."""
+class LoopHyperConv(HyperConv):
+    """HyperConv's kernel applied by a Python loop over the samples: one convolution per sample."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.generator(x.mean((2, 3))).view(x.shape[0], self.channels, self.channels, 3, 3)
+        return torch.cat([torch.nn.functional.conv2d(x[i:i + 1], kernel[i], None, 1, 1) for i in range(x.shape[0])])
+
+
+def hyper_net(num_classes: int = 10, loop: bool = False) -> torch.nn.Module:
+    """A small network whose one dynamic convolution (``body.hyper``) matches no structural family:
+    the batch-folded idiom (the generic family lowers it), or with ``loop`` a Python loop over the
+    samples (which nothing lowers)."""
     body = torch.nn.Sequential()
     body.add_module("stem", torch.nn.Conv2d(3, 8, 3, 2, 1))
     body.add_module("relu", torch.nn.ReLU())
-    body.add_module("hyper", HyperConv(8))
+    body.add_module("hyper", LoopHyperConv(8) if loop else HyperConv(8))
     return torch.nn.Sequential(body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, num_classes))
+
+
+def loop_hyper_net(num_classes: int = 10) -> torch.nn.Module:
+    return hyper_net(num_classes, loop=True)

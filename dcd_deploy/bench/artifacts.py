@@ -68,8 +68,13 @@ def _dcd_deploy(model: nn.Module | LoadedModel, folder: Path, hw: tuple[int, int
     return {"onnx": data, "note": f"{result.report.summary()}; {result.node_count} nodes; target {target}{batch_note}"}
 
 
+def _twin_example(hw: tuple[int, int]) -> torch.Tensor:
+    """An input for the families that find their layers by running the network (``generic``)."""
+    return torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
+
+
 def _static(original: nn.Module, folder: Path, hw: tuple[int, int]) -> dict[str, Any]:
-    data, result = _exported(static_twin(original), folder / "static.onnx", hw)
+    data, result = _exported(static_twin(original, example=_twin_example(hw)), folder / "static.onnx", hw)
     return {"onnx": data, "note": f"{result.node_count} nodes"}
 
 
@@ -80,10 +85,10 @@ def _int8(model: nn.Module | LoadedModel, folder: Path, hw: tuple[int, int], cal
     from ..exporting.stages import int8_self_check
 
     original = model.model if isinstance(model, LoadedModel) else model
-    network = static_twin(original) if static else model
+    network = static_twin(original, example=_twin_example(hw)) if static else model
     name = "int8-static.onnx" if static else "int8.onnx"
     data, result = _exported(network, folder / name, hw, int8=True, calibration=calibration, self_check=False)
-    check = int8_self_check(data, static_twin(original) if static else original, calibration)
+    check = int8_self_check(data, network if static else original, calibration)
     return {"onnx": data, "int8": check, "note": f"{result.node_count} nodes; {check.summary()}"}
 
 

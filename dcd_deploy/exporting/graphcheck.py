@@ -54,7 +54,8 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def batch_independent(model: onnx.ModelProto, batch: int | None) -> list[str]:
-    """Reshape targets that hard-code a batch size in a dynamic-batch graph (should be -1)."""
+    """Reshape targets that hard-code a batch size in a dynamic-batch graph (should be -1, or a leading
+    1 with the batch folded into a -1 after it)."""
     if batch is not None:
         return []
     from onnx import numpy_helper
@@ -64,6 +65,9 @@ def batch_independent(model: onnx.ModelProto, batch: int | None) -> list[str]:
     for node in model.graph.node:
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in inits:
             shape = numpy_helper.to_array(inits[node.input[1]])
-            if shape.size and shape[0] not in (-1, 0):
+            # (1, -1, ...) folds the batch into the next axis (the batch-folded convolution's input):
+            # batch-independent too
+            folded = shape.size > 1 and shape[0] == 1 and -1 in shape[1:].tolist()
+            if shape.size and shape[0] not in (-1, 0) and not folded:
                 bad.append(f"{node.name or node.output[0]} reshapes to {shape.tolist()}")
     return bad

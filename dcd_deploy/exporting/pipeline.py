@@ -78,7 +78,7 @@ def run_export(model: nn.Module | LoadedModel, options: ExportOptions) -> Export
         meta = {p.key: p.value for p in graph.metadata_props}
         clock.done()
     clock.stage("check", "checking the graph")
-    stages.check_graph(graph, options)
+    stages.check_graph(graph, options, report)
     data = graph.SerializeToString()
     clock.done()
     check = None

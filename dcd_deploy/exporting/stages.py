@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import ExportFailed, InputError, LoweringError, SelfCheckFailed, raise_if_interrupted, summarize_exception
 from ..lowering import RewriteReport, lower_model, relative_error
 from ..lowering.computed_weights import computed_weight_modules
+from ..lowering.family import trace_batch
 from .graphcheck import batch_independent, batch_specific_metadata, conv_weights_are_constant
 from .int8check import Int8Check
 from .options import ExportOptions
@@ -67,7 +68,9 @@ def lower(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, RewriteR
         raise LoweringError(
             f"{len(report.not_lowered) + len(unknown)} layer(s) look dynamic but were not lowered, so the export would not be "
             f"what you expect ({details}).",
-            "Fix the layer to match the published structure, or pass --allow-unlowered to export those layers "
+            "Fix the layer to match the published structure (a dynamic convolution of another design exports when "
+            "it ends in one batch-folded grouped convolution: F.conv2d(x.reshape(1, N*C, H, W), w, groups=N*g), "
+            "see the README's supported layers), or pass --allow-unlowered to export those layers "
             "as they are (slower, and they may not export at all).",
         )
     return lowered, report
@@ -96,7 +99,8 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
             try:
                 buffer = io.BytesIO()
                 with quiet(log):
-                    torch.onnx.export(lowered, (example_input(options.batch or 1, options.hw),), buffer, dynamo=False,
+                    example = example_input(options.batch or trace_batch(lowered), options.hw)
+                    torch.onnx.export(lowered, (example,), buffer, dynamo=False,
                                       opset_version=options.opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=dynamic_axes(options), do_constant_folding=True)
             except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one paragraph and a log
@@ -119,10 +123,11 @@ def trace(lowered: nn.Module, options: ExportOptions) -> onnx.ModelProto:
 
 def _expand_custom_ops(graph: onnx.ModelProto, options: ExportOptions) -> onnx.ModelProto:
     """Replace dcd-deploy's own exporter nodes (per-sample convolutions) by standard ONNX."""
+    from .folded import expand_folded_convs
     from .loops import expand_per_sample_convs
 
     try:
-        return expand_per_sample_convs(graph)
+        return expand_per_sample_convs(expand_folded_convs(graph))
     except ValueError as exc:
         raise InputError(f"--opset {options.opset} is too old for this network: {exc}.",
                          "Pass a higher --opset, e.g. the default.") from None
@@ -191,19 +196,50 @@ def stamp(graph: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
     return graph
 
 
-def check_graph(graph: onnx.ModelProto, options: ExportOptions) -> None:
-    """onnx.checker (full check) and dcd-deploy's graph rules; :class:`LoweringError` when one is broken."""
+def check_graph(graph: onnx.ModelProto, options: ExportOptions, report: RewriteReport | None = None) -> None:
+    """onnx.checker (full check) and dcd-deploy's graph rules; :class:`LoweringError` when one is broken.
+
+    A batch size frozen inside a layer that keeps the user's own code (``report``'s layers of a family
+    with ``trace_batch`` > 1, the generic one) is the user's code's doing, and said so."""
     try:
         onnx.checker.check_model(graph, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise LoweringError(f"The exported graph fails ONNX's checker: {summarize_exception(exc)}.",
                             "This is a dcd-deploy bug; please report it with the model and the options used "
                             f"(--opset {options.opset} among them).") from None
+    frozen = batch_independent(graph, options.batch)
+    own_code = _frozen_in_user_code(frozen, report)
+    if own_code:
+        layers = ", ".join(own_code)
+        raise LoweringError(
+            f"The forward() of {layers} turns the batch size into a Python number (int(x.shape[0]), .item(), a list of "
+            f"samples), so the trace froze batch {trace_batch_of(report)} into the graph ({'; '.join(frozen)}), and the "
+            "file would only run at that batch.",
+            "Keep the batch a tensor size in that forward(): use b = x.shape[0] directly in view/reshape (no int()), "
+            "or -1; dcd-deploy lowers the grouped convolution itself, whatever its groups= argument.")
     problems = [f"Conv {n} takes a computed weight" for n in conv_weights_are_constant(graph)]
-    problems += batch_independent(graph, options.batch)
+    problems += frozen
     if problems:
         raise LoweringError("The exported graph breaks dcd-deploy's graph rules: " + "; ".join(problems) + ".",
                             "This is a dcd-deploy bug; please report it with the model.")
+
+
+def _frozen_in_user_code(frozen: list[str], report: RewriteReport | None) -> list[str]:
+    """The layers keeping the user's own code (family ``trace_batch`` > 1) that a frozen Reshape of
+    ``frozen`` lies in, by the exporter's scope names (``/<name>/module/...``)."""
+    if not frozen or report is None:
+        return []
+    from ..lowering import FAMILIES
+
+    layers = [layer for layer in report.lowered if FAMILIES[layer.family].trace_batch > 1]
+    return [f"{layer.path} ({layer.kind})" for layer in layers
+            if any(f"/{layer.path.rsplit('.', 1)[-1]}/module/" in line for line in frozen)]
+
+
+def trace_batch_of(report: RewriteReport | None) -> int:
+    from ..lowering import FAMILIES
+
+    return max([FAMILIES[layer.family].trace_batch for layer in (report.lowered if report else [])], default=1)
 
 
 def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> SelfCheck:
@@ -220,8 +256,7 @@ def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> Self
     inputs = {batch: example_input(batch, options.hw, seed=100 + i) for i, batch in enumerate(options.check_batches)}
     with torch.no_grad():
         ref32 = {batch: original(x) for batch, x in inputs.items()}
-    outs = {batch: torch.from_numpy(np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], dtype=np.float32))
-            for batch, x in inputs.items()}
+    outs = {batch: _run_at_batch(session, batch, x) for batch, x in inputs.items()}
     floor = SELF_CHECK_RTOL[options.precision]
     try:
         ref64 = run_float64(original, lambda twin: {batch: twin(x.double()) for batch, x in inputs.items()})
@@ -230,6 +265,22 @@ def self_check(data: bytes, original: nn.Module, options: ExportOptions) -> Self
                          note=f"the original could not be evaluated in float64: {why}")
     return SelfCheck({b: relative_error(outs[b], ref64[b]) for b in inputs}, floor,
                      noise={b: relative_error(ref32[b], ref64[b]) for b in inputs})
+
+
+def _run_at_batch(session, batch: int, x: torch.Tensor) -> torch.Tensor:
+    """The session's output at ``x``; a graph that cannot run at this batch is a finding, not a bug trace."""
+    try:
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    except Exception as exc:  # noqa: BLE001 - the graph cannot run at this batch: a finding, not a bug trace
+        raise_if_interrupted()
+        raise SelfCheckFailed(
+            f"The exported model does not run at batch {batch} on ONNX Runtime ({summarize_exception(exc, limit=300)}). "
+            "No file was written.",
+            "A batch size frozen into the graph is the usual cause: a forward() that turns x.shape[0] into a Python "
+            "number (int(), .item(), a loop over the samples); keep it a tensor size (view(b, ...) with "
+            "b = x.shape[0], or -1).",
+        ) from None
+    return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
 def calibration_data(options: ExportOptions) -> np.ndarray | None:

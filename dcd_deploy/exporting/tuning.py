@@ -30,6 +30,7 @@ def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...
     from ..runtime.runners import OrtRunner
     from ..runtime.session import provider_name
     from ..runtime.timing import measure_interleaved
+    from .folded import expand_folded_convs
     from .loops import expand_per_sample_convs
     from .options import DEFAULT_OPSET
     from .stages import simplify
@@ -49,7 +50,7 @@ def time_forms(layer: torch.nn.Module, info: LayerInfo, in_shape: tuple[int, ...
             torch.onnx.export(lowered, (x,), buf, dynamo=False, opset_version=DEFAULT_OPSET, input_names=["input"],
                               output_names=["out"])
         # the loop form's per-sample convolutions become ONNX Loops, as in the exported file
-        graph, _ = simplify(expand_per_sample_convs(onnx.load_from_string(buf.getvalue())))
+        graph, _ = simplify(expand_per_sample_convs(expand_folded_convs(onnx.load_from_string(buf.getvalue()))))
         runners[form] = OrtRunner(form, graph.SerializeToString(), x.numpy(), provider_name(provider), threads,  # type: ignore[arg-type]
                                   cuda_graph=False)
     measured = measure_interleaved(list(runners.values()), warmup=3 if provider == "cuda" else 1, runs=runs,

@@ -12,7 +12,7 @@ from .report import LayerRewrite, RewriteReport
 from .rewrite import FoundLayer, find_dcd_layers, find_dynamic_layers, lower_model, relative_error
 
 # What ``export --form`` takes: the cost model's choice, or a form name used wherever a layer's family offers it
-FORM_CHOICES = ("auto", *families.dcd_conv.FORMS, *_EXPERT_FORMS)
+FORM_CHOICES = tuple(dict.fromkeys(("auto", *families.dcd_conv.FORMS, *_EXPERT_FORMS, *families.generic.FORMS)))
 
 __all__ = [
     "FAMILIES", "FORM_CHOICES", "DcdLayerInfo", "FoundLayer", "LayerFamily", "LayerInfo", "LayerRewrite", "LowerOptions",

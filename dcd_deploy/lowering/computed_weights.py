@@ -21,7 +21,7 @@ _CONVS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, 
           torch.conv1d, torch.conv2d, torch.conv3d}
 
 REASON = ("{name} computes its convolution weight from the input (a per-sample kernel), but matches no "
-          "supported family (DCD, CondConv, DyConv, ODConv) as published")
+          "supported family (DCD, CondConv, DyConv, ODConv) as published, nor the batch-folded grouped convolution")
 
 
 class _Recorder(TorchFunctionMode):

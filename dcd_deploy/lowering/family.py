@@ -16,7 +16,10 @@ layers:
   arguments as ``module.forward``; ``lowered_types`` lists the classes it produces (never
   re-matched) and ``folds_following_bn`` says whether it folds a BatchNorm2d that alone consumes
   the layer's output;
-* ``static_part(module, info)``: the layer's static twin (what remains with every attention fixed).
+* ``static_part(module, info)``: the layer's static twin (what remains with every attention fixed);
+* ``probe(model, example)``: only for a family that recognises layers by running the network
+  rather than by structure (``probes = True``, e.g. ``generic``): module path -> match of each
+  module the run reveals. Structural families are tried first and take precedence.
 
 A :class:`FormChooser` picks one of ``family.forms(...)`` per layer (see ``costmodel`` for the
 fixed-name and cost-model choosers).
@@ -107,6 +110,10 @@ class LayerFamily:
     title: ClassVar[str] = ""  # how messages name its layers ("DCD"); the name when empty
     lowered_types: ClassVar[tuple[type, ...]] = ()  # modules this family produces (never re-matched)
     folds_following_bn: ClassVar[bool] = False  # fold the BatchNorm2d that alone consumes the output
+    probes: ClassVar[bool] = False  # recognises layers by running the network (``probe``), not by structure
+    # The batch a dynamic-batch export traces its lowered layers at: 2 where the layer keeps the user's
+    # own code, which may take another branch at batch 1 (``if x.shape[0] == 1``) that a trace would freeze.
+    trace_batch: ClassVar[int] = 1
     control_flow_forms: ClassVar[frozenset[str]] = frozenset()  # forms whose graph holds Loop/If/Scan (not for cuda)
 
     @property
@@ -118,6 +125,11 @@ class LayerFamily:
 
     def match(self, module: nn.Module) -> LayerInfo | Mismatch:
         raise NotImplementedError
+
+    def probe(self, model: nn.Module, example: Any) -> dict[str, LayerInfo | Mismatch]:
+        """Path -> match of each module a run of ``model`` on an input shaped like ``example`` reveals
+        (families with ``probes = True``; the structural ones recognise nothing this way)."""
+        return {}
 
     def forms(self, info: LayerInfo, in_shape: tuple[int, ...], static_batch: int | None = None) -> list[str]:
         """Candidate lowered forms for a layer seeing ``in_shape``; the first is the default."""
@@ -150,6 +162,13 @@ def register_family(cls: type[LayerFamily]) -> type[LayerFamily]:
         raise ValueError(f"two layer families are named {cls.name!r}: {type(old).__qualname__} and {cls.__qualname__}")
     FAMILIES[cls.name] = cls()
     return cls
+
+
+def trace_batch(model: nn.Module) -> int:
+    """The batch a dynamic-batch export of the lowered ``model`` traces at: the largest
+    ``trace_batch`` of the families whose lowered modules it holds (1 when none asks for more)."""
+    present = {type(m) for m in model.modules()}
+    return max([f.trace_batch for f in FAMILIES.values() if present & set(f.lowered_types)], default=1)
 
 
 def lowered_types() -> tuple[type, ...]:

@@ -51,20 +51,43 @@ class _Captured:
         return tuple(self.args[0].shape) if self.args and isinstance(self.args[0], torch.Tensor) else ()
 
 
-def find_dynamic_layers(model: nn.Module) -> list[FoundLayer]:
-    """Every module that looks like a dynamic layer to some family, with its structural match or mismatch."""
+def find_dynamic_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[FoundLayer]:
+    """Every module that looks like a dynamic layer to some family, with its structural match or mismatch.
+
+    With an ``example`` input, the families that recognise layers by running the network (``probes``)
+    add what their run reveals, in module order: a structural match and what lies under it take
+    precedence; a structural mismatch is replaced where the run recognises the same module.
+    """
     found: list[FoundLayer] = []
     skip: list[str] = []
     produced = lowered_types()
-    for path, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for path, module in modules.items():
         if isinstance(module, produced) or any(path.startswith(p + ".") for p in skip):
             continue
         for family in FAMILIES.values():
-            if family.looks_dynamic(module):
+            if not family.probes and family.looks_dynamic(module):
                 found.append(FoundLayer(path, module, family.name, family.match(module)))
                 skip.append(path)
                 break
-    return found
+    if example is None:
+        return found
+    for family in FAMILIES.values():
+        if not family.probes:
+            continue
+        for path, match in family.probe(model, example).items():
+            covering = next((f for f in found if f.path == path or path.startswith(f.path + ".") or not f.path), None)
+            inside = [f for f in found if f.path.startswith(path + ".") or (not path and f.path)]
+            if covering is not None:
+                if covering.path == path and isinstance(covering.match, Mismatch) and isinstance(match, LayerInfo):
+                    found[found.index(covering)] = FoundLayer(path, modules[path], family.name, match)
+                continue
+            if inside:  # it contains a layer another family owns: lowering both would nest two rewrites
+                match = Mismatch(family.name, f"it contains the {inside[0].family} layer {inside[0].path}, and runs a "
+                                              "dynamic convolution of its own besides")
+            found.append(FoundLayer(path, modules[path], family.name, match))
+    order = {p: i for i, p in enumerate(modules)}
+    return sorted(found, key=lambda f: order[f.path])
 
 
 find_dcd_layers = find_dynamic_layers  # the name used before families other than DCD existed
@@ -212,7 +235,7 @@ def lower_model(
 
     settings = _Settings(as_chooser(choose_form, target), dynamic_size, static_batch, check, channels_last, target)
     model = copy.deepcopy(model).eval()
-    found = find_dynamic_layers(model)
+    found = find_dynamic_layers(model, example_input)
     report = RewriteReport([])
     captured = _capture_inputs(model, [f.path for f in found if isinstance(f.match, LayerInfo)], example_input)
     gm = _trace(model, found, report)
@@ -220,7 +243,7 @@ def lower_model(
     for f in tqdm(found, desc="lowering", unit="layer", disable=None if progress else True, leave=False):
         family = FAMILIES[f.family]
         if isinstance(f.match, Mismatch):
-            reason = f"not a {family.layer_title} layer as published: {f.match.reason}"
+            reason = f.match.reason if family.probes else f"not a {family.layer_title} layer as published: {f.match.reason}"
             report.layers.append(LayerRewrite(f.path, f.family, None, False, reason))
             continue
         if f.path not in captured:
@@ -233,6 +256,8 @@ def lower_model(
         report.layers.append(line)
         if lowered is None:
             continue
+        if not f.path:  # the network is itself the layer
+            return lowered.eval(), report
         _swap(root, f.path, lowered)
         if bn_node is not None:
             line.folded_bn = bn_node.target
@@ -242,8 +267,27 @@ def lower_model(
     if gm is not None:
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
+        replaced = [line.path for line in report.lowered] + [line.folded_bn for line in report.lowered if line.folded_bn]
+        _keep_unreferenced(model, gm, replaced)
         gm.recompile()
     return root.eval(), report
+
+
+def _keep_unreferenced(model: nn.Module, gm: fx.GraphModule, replaced: list[str]) -> None:
+    """Put back in ``gm`` the modules of ``model`` the graph never calls but whose parameters a leaf
+    reads through a plain attribute (a kernel warehouse shared by the layers of a stage, held in a
+    list so that it is not their submodule): without them the exporter would see those parameters
+    as constants of an unknown module. ``replaced``: the paths of the lowered layers and folded
+    BatchNorms, never put back."""
+    have = {id(t) for t in [*gm.parameters(), *gm.buffers()]}
+    present = {path for path, _ in gm.named_modules()}
+    for path, module in model.named_modules():
+        if not path or path in present or any(path == r or path.startswith(r + ".") for r in replaced):
+            continue  # the lowered layers and the BatchNorms folded into them stay replaced
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if own and any(id(t) not in have for t in own):
+            gm.add_submodule(path, module)
+            have |= {id(t) for t in [*module.parameters(), *module.buffers()]}
 
 
 def _swap(root: nn.Module, path: str, new: nn.Module) -> None:

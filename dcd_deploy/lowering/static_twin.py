@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from ..errors import LoweringError
@@ -22,17 +23,19 @@ from .family import FAMILIES, LayerInfo
 from .rewrite import _swap, find_dynamic_layers
 
 
-def static_twin(model: nn.Module, strict: bool = True) -> nn.Module:
+def static_twin(model: nn.Module, strict: bool = True, example: torch.Tensor | None = None) -> nn.Module:
     """A deep copy of ``model`` (eval mode) with every dynamic layer replaced by its static part.
 
     Each layer becomes its family's static part (a DCD convolution its ``conv`` W0, a DCD head
     its ``cls`` Linear, an expert convolution one convolution of one expert's shape). ``model`` itself is left untouched. A module that looks
     dynamic but is not recognised raises :class:`LoweringError` naming it, unless ``strict`` is
     False, in which case it is kept as it is. A model without dynamic layers also raises (its twin
-    would be itself), unless ``strict`` is False.
+    would be itself), unless ``strict`` is False. ``example`` (an input) lets the families that
+    recognise layers by running the network (``generic``) find theirs too; a layer whose static part
+    cannot be derived raises :class:`LoweringError` with the reason.
     """
     twin = copy.deepcopy(model).eval()
-    found = find_dynamic_layers(twin)
+    found = find_dynamic_layers(twin, example)
     unrecognised = [f for f in found if not isinstance(f.match, LayerInfo)]
     if strict and unrecognised:
         details = "; ".join(f"{f.path}: {f.match.reason}" for f in unrecognised)

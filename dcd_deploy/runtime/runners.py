@@ -142,9 +142,10 @@ class OrtRunner:
         if dtype is None:
             raise RowUnavailable(f"the model input is {spec.type}; bench feeds float images")
         shape = list(spec.shape)
-        if len(shape) != 4 or any(isinstance(d, int) and d != s for d, s in zip(shape, self._x.shape)):
+        if len(shape) != self._x.ndim or any(isinstance(d, int) and d != s for d, s in zip(shape, self._x.shape)):
+            size = "×".join(map(str, self._x.shape[2:]))  # (a layer timed alone by --tune may take a 1-D map)
             raise RowUnavailable(f"the model input has shape {shape}; a batch of {self._x.shape[0]} images "
-                                 f"{self._x.shape[2]}×{self._x.shape[3]} does not fit it")
+                                 f"{size} does not fit it")
         self.input_name = spec.name
         return self._x.astype(dtype, copy=False)
 

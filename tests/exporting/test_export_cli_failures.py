@@ -98,10 +98,20 @@ def test_opset_outside_the_supported_range_is_a_usage_error(tmp_path, checkpoint
 
 
 def make_routed_net(num_classes: int = 10) -> torch.nn.Module:
-    """``--model`` factory: a network whose dynamic convolution dcd-deploy does not recognise."""
-    from test_stages import routed_net
+    """``--model`` factory: a network whose dynamic convolution dcd-deploy does not recognise (the
+    routed kernels applied by a Python loop over the samples: no family, not the batch-folded idiom)."""
+    from test_stages import RoutedConv, routed_net
 
-    return routed_net(num_classes)
+    class LoopedRoutedConv(RoutedConv):
+        def forward(self, x):
+            r = torch.sigmoid(self.route(x.mean((2, 3))))
+            weight = (r @ self.bank).view(x.shape[0], self.cout, self.cin, self.k, self.k)
+            return torch.cat([torch.nn.functional.conv2d(x[i:i + 1], weight[i], padding=self.k // 2)
+                              for i in range(x.shape[0])])
+
+    net = routed_net(num_classes)
+    net[2] = LoopedRoutedConv(8, 8)
+    return net
 
 
 def test_an_unrecognised_dynamic_convolution_stops_before_the_exporter(tmp_path):
@@ -113,8 +123,20 @@ def test_an_unrecognised_dynamic_convolution_stops_before_the_exporter(tmp_path)
                   "--input-size", "16")
     terminal = res.stdout + res.stderr
     assert_one_paragraph(terminal, res.returncode, 2)
-    assert "RoutedConv" in terminal and "graph(" not in terminal
-    assert not out.exists()
+    assert "LoopedRoutedConv" in terminal and "one convolution per sample" in joined(terminal)
+    assert "graph(" not in terminal and not out.exists()
+
+
+def test_the_batch_folded_routed_convolution_exports_through_the_generic_family(tmp_path):
+    torch.manual_seed(0)
+    from test_stages import routed_net
+
+    ckpt = tmp_path / "routed.pth"
+    torch.save(routed_net().state_dict(), ckpt)
+    out = tmp_path / "routed.onnx"
+    res = run_cli("export", str(ckpt), "-o", str(out), "--model", "test_stages:routed_net", "--input-size", "16")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1/1 dynamic layers lowered" in res.stdout + res.stderr and out.exists()
 
 
 def test_a_network_that_computes_nan_is_named_as_broken_once(tmp_path):
@@ -134,16 +156,36 @@ def test_a_network_that_computes_nan_is_named_as_broken_once(tmp_path):
     assert "not the reference one" not in terminal and not out.exists()
 
 
+def make_mixing_net(num_classes: int = 10) -> torch.nn.Module:
+    """``--model`` factory: a computed kernel convolving the batch folded into the channels with ONE
+    group (it mixes the samples): neither a family nor the batch-folded idiom, and torch.onnx refuses
+    it with a dynamic batch ("kernel of unknown shape")."""
+    from test_stages import RoutedConv, routed_net
+
+    class MixingConv(RoutedConv):
+        def forward(self, x):
+            b, _, h, w = x.shape
+            r = torch.sigmoid(self.route(x.mean((2, 3))))
+            weight = (r @ self.bank).view(b, self.cout, self.cin, self.k, self.k).transpose(0, 1)
+            y = torch.nn.functional.conv2d(x.reshape(1, -1, h, w), weight.reshape(self.cout, -1, self.k, self.k),
+                                           padding=self.k // 2)
+            return y.expand(b, -1, -1, -1)
+
+    net = routed_net(num_classes)
+    net[2] = MixingConv(8, 8)
+    return net
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_exporter_failure_is_one_paragraph_and_names_the_log(tmp_path, quiet):
     """With --allow-unlowered the unrecognised layer reaches torch.onnx, which fails: one paragraph + a log."""
     torch.manual_seed(0)
     ckpt = tmp_path / "routed.pth"
-    torch.save(make_routed_net().state_dict(), ckpt)
+    torch.save(make_mixing_net().state_dict(), ckpt)
     logs = tmp_path / "tmp"
     logs.mkdir()
     out = tmp_path / "routed.onnx"
-    res = run_cli("export", str(ckpt), "-o", str(out), "--model", "test_export_cli_failures:make_routed_net",
+    res = run_cli("export", str(ckpt), "-o", str(out), "--model", "test_export_cli_failures:make_mixing_net",
                   "--input-size", "16", "--allow-unlowered", *(["-q"] if quiet else []), tmpdir=logs)
     terminal = res.stdout + res.stderr
     assert_one_paragraph(terminal, res.returncode, 2)

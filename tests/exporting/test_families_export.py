@@ -101,26 +101,43 @@ def hyper_checkpoint(tmp_path):
 
 
 def test_a_dynamic_convolution_of_no_family_stops_export(run_cli, expect_user_error, hyper_checkpoint, tmp_path):
+    """A per-sample kernel applied by a Python loop: neither a family nor the batch-folded idiom."""
     out = tmp_path / "hyper.onnx"
     result = run_cli("export", hyper_checkpoint, "-o", out, "--input-size", 32, "--quiet", "--model",
-                     "family_nets:hyper_net")
-    text = expect_user_error(result, "0.hyper: HyperConv computes its convolution weight from the input",
-                             "matches no supported family", code=2)
+                     "family_nets:loop_hyper_net")
+    text = expect_user_error(result, "0.hyper: LoopHyperConv computes its convolution weight from the input",
+                             "one convolution per sample", "batch-folded grouped convolution", code=2)
     assert "graph(" not in text and "%" not in text  # no IR dump
     assert text.count("error:") == 1
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
 
 
 def test_inspect_lists_a_dynamic_convolution_of_no_family(run_cli, hyper_checkpoint):
-    result = run_cli("inspect", hyper_checkpoint, "--input-size", 32, "--model", "family_nets:hyper_net", "--json")
+    args = ("--input-size", 32, "--model", "family_nets:loop_hyper_net")
+    result = run_cli("inspect", hyper_checkpoint, *args, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["dynamic_layers"] == []
     (unmatched,) = report["unmatched_layers"]
-    assert unmatched["path"] == "0.hyper" and unmatched["family"] == "unknown"
-    assert "HyperConv computes its convolution weight from the input" in unmatched["reason"]
-    text = run_cli("inspect", hyper_checkpoint, "--input-size", 32, "--model", "family_nets:hyper_net").output
-    assert "0.hyper: HyperConv computes its convolution weight" in " ".join(text.split())
+    assert unmatched["path"] == "0.hyper" and unmatched["family"] == "generic"
+    assert "LoopHyperConv computes its convolution weight from the input" in unmatched["reason"]
+    assert "one convolution per sample (2 calls at batch 2, 3 at batch 3" in unmatched["reason"]
+    text = run_cli("inspect", hyper_checkpoint, *args).output
+    assert "0.hyper: LoopHyperConv computes its convolution weight" in " ".join(text.split())
+
+
+def test_the_batch_folded_hyper_convolution_exports_through_the_generic_family(run_cli, hyper_checkpoint, tmp_path):
+    from family_nets import hyper_net
+
+    out = tmp_path / "hyper.onnx"
+    result = run_cli("export", hyper_checkpoint, "-o", out, "--input-size", 32, "--quiet", "--model",
+                     "family_nets:hyper_net")
+    assert result.exit_code == 0, result.output
+    assert "1/1 dynamic layers lowered" in result.output
+    model = hyper_net().eval()
+    model.load_state_dict(torch.load(hyper_checkpoint))
+    for batch in (1, 3, 8):
+        assert_exact(out, model, torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)))
 
 
 def test_recognised_families_are_not_reported_as_unknown(tmp_path):
