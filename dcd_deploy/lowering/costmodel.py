@@ -37,9 +37,13 @@ def check_target(target: str) -> str:
 
 
 def target_forms(family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], target: str,
-                 static_batch: int | None = None) -> list[str]:
-    """``family.forms(...)`` less, on a target of :data:`NO_CONTROL_FLOW`, the forms that write control flow."""
+                 static_batch: int | None = None, automatic: bool = True) -> list[str]:
+    """``family.forms(...)`` less, on a target of :data:`NO_CONTROL_FLOW`, the forms that write control flow,
+    and, for a choice made ``automatic``\ ally (cost model, ``--tune``) in a dynamic-batch export, less the
+    family's ``batch_specific_forms`` (the portable graph holds nothing batch-dependent)."""
     forms = family.forms(info, in_shape, static_batch)
+    if automatic and static_batch is None and family.batch_specific_forms:
+        forms = [f for f in forms if f not in family.batch_specific_forms] or forms
     if target in NO_CONTROL_FLOW:
         forms = [f for f in forms if f not in family.control_flow_forms]
         if not forms:
@@ -63,7 +67,7 @@ class FixedForm:
 
     def __call__(self, family: LayerFamily, info: LayerInfo, in_shape: tuple[int, ...], layer: nn.Module,
                  static_batch: int | None = None) -> str:
-        forms = target_forms(family, info, in_shape, self.target, static_batch)
+        forms = target_forms(family, info, in_shape, self.target, static_batch, automatic=False)
         return self.form if self.form in forms else forms[0]
 
 

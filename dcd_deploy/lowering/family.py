@@ -12,6 +12,9 @@ layers:
 * ``forms(info, in_shape)`` and ``costs(info, in_shape, target)``: the lowered forms it can emit
   (the first is the default) and their estimated extra cost on a target; ``control_flow_forms``
   names those whose graph holds control flow (an ONNX Loop), which ``--target cuda`` never uses;
+  ``batch_specific_forms`` those whose graph branches on the batch size (the portable graph holds
+  nothing batch-dependent, so neither the cost model nor ``--tune`` picks them for a dynamic-batch
+  export: they are for a fixed ``--batch``, or asked for by name);
 * ``lower(module, info, follow_bn, options)``: the static replacement, taking the same positional
   arguments as ``module.forward``; ``lowered_types`` lists the classes it produces (never
   re-matched) and ``folds_following_bn`` says whether it folds a BatchNorm2d that alone consumes
@@ -115,6 +118,7 @@ class LayerFamily:
     # own code, which may take another branch at batch 1 (``if x.shape[0] == 1``) that a trace would freeze.
     trace_batch: ClassVar[int] = 1
     control_flow_forms: ClassVar[frozenset[str]] = frozenset()  # forms whose graph holds Loop/If/Scan (not for cuda)
+    batch_specific_forms: ClassVar[frozenset[str]] = frozenset()  # forms branching on the batch (never auto on a dynamic batch)
 
     @property
     def layer_title(self) -> str:

@@ -19,8 +19,8 @@ kernel: channels ``[n·C_in, (n+1)·C_in)`` meet filters ``[n·C_out, (n+1)·C_o
 The lowering keeps the module's own code (its kernel computation is already batch-dynamic) and
 replaces only that call by a form whose graph holds nothing of N:
 
-* ``folded`` (CPU default): the call itself as one ``FoldedConv`` node, expanded into a ladder of
-  ``If`` on N whose branch for batch n is the grouped ``Conv`` with ``n·g`` groups (the plain
+* ``folded`` (only by name, ``--form folded``, on a dynamic batch): the call itself as one ``FoldedConv``
+  node, expanded into a ladder of ``If`` on N whose branch for batch n is the grouped ``Conv`` with ``n·g`` groups (the plain
   static-batch export's own operator), and the ``loop`` form beyond the ladder (``exporting/folded.py``);
 * ``unfold``: ``dynamic_forms.per_sample_conv_unfold`` (no control flow: ``--target cuda``);
 * ``loop``: ``dynamic_forms.per_sample_conv``, an ONNX ``Loop`` over the samples.
@@ -201,6 +201,9 @@ class GenericFoldedConv(LayerFamily):
     probes = True
     trace_batch = 2  # the module's own code runs in the graph: never trace a batch-1 branch of it
     control_flow_forms = CONTROL_FLOW_FORMS | {"folded"}
+    # The If ladder branches on the batch: never the portable graph's choice (and OpenVINO 2026.4 computes
+    # it wrongly on the first run of each batch size); only --form folded takes it.
+    batch_specific_forms = frozenset({"folded"})
 
     def looks_dynamic(self, module: nn.Module) -> bool:
         return False  # recognised by running the network (probe), never by structure
@@ -212,9 +215,12 @@ class GenericFoldedConv(LayerFamily):
         return probe(model, example)
 
     def forms(self, info: LayerInfo, in_shape: tuple[int, ...], static_batch: int | None = None) -> list[str]:
-        return list(FORMS)
+        # A fixed-batch file has no use for a ladder over batches (and ONNX Runtime 1.32 crashes running
+        # the ladder with a static batch): the per-sample forms only.
+        return [f for f in FORMS if not (static_batch and f in self.batch_specific_forms)]
 
-    def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, **constants: float) -> dict[str, float]:
+    def costs(self, info: LayerInfo, in_shape: tuple[int, ...], target: str, static_batch: int | None = None,
+              **constants: float) -> dict[str, float]:
         """The expert families' cost model (``_expert_lowering.form_costs``) for the per-sample
         convolution of the call's geometry, at the size the call sees, with the generic family's CPU
         constants (:data:`CPU_CONSTANTS`, overridable) and, for the loop form, the copies its body makes:
@@ -233,7 +239,7 @@ class GenericFoldedConv(LayerFamily):
             kernel = call.c_out * call.c_in // call.groups * math.prod(call.kernel)
             out = math.prod((n + 2 * info.padding - info.dilation * (info.kernel - 1) - 1) // info.stride + 1 for n in hw)
             costs["loop"] += KERNEL_COST * kernel + PASS_COST * (call.c_in * math.prod(hw) + call.c_out * out)
-        forms = [f for f in FORMS if target != "cuda" or f not in self.control_flow_forms]
+        forms = [f for f in self.forms(info, in_shape, static_batch) if target != "cuda" or f not in self.control_flow_forms]
         return {f: costs[f] for f in forms}
 
     def lower(self, module: nn.Module, info: LayerInfo, follow_bn: nn.Module | None,
