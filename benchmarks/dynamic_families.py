@@ -54,6 +54,7 @@ from dcd_deploy.exporting.loops import count_loops, expand_per_sample_convs
 from dcd_deploy.exporting.pipeline import simplify
 from dcd_deploy.lowering import lower_model, relative_error
 from dcd_deploy.lowering.static_twin import static_twin
+from dcd_deploy.runtime.onnxfile import control_flow_nodes
 from dcd_deploy.runtime.runners import OrtRunner
 from dcd_deploy.runtime.session import provider_name
 from dcd_deploy.runtime.timing import measure_interleaved
@@ -69,7 +70,6 @@ MODELS = {
     "dy_resnet18": lambda: dn.dy_resnet18(K=4),
 }
 ZOO = ("resnet50_dcd", "mobilenetv2_dcd")  # DCD networks, also accepted by --models
-CONTROL_FLOW = {"Loop", "If", "Scan"}
 REFERENCE_SAMPLES = 4  # the float64 reference is computed for the first samples only
 
 
@@ -96,18 +96,6 @@ def _plain(name: str, model: torch.nn.Module, x: torch.Tensor, cache: dict[str, 
     return cache[name]
 
 
-def control_flow(graph: onnx.GraphProto) -> list[str]:
-    """Every Loop, If and Scan node of ``graph`` and its subgraphs."""
-    found = []
-    for node in graph.node:
-        if node.op_type in CONTROL_FLOW:
-            found.append(node.name or node.op_type)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found += control_flow(sub)
-    return found
-
-
 def dynamic_graph(model: torch.nn.Module, size: int, form: str, target: str = "cpu") -> tuple[bytes, str]:
     """The dcd-deploy dynamic-batch graph for ``target`` and a one-line summary of the forms chosen."""
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -115,7 +103,7 @@ def dynamic_graph(model: torch.nn.Module, size: int, form: str, target: str = "c
     if not report:
         raise SystemExit(f"lowering failed: {report.summary()}")
     graph, _ = simplify(expand_per_sample_convs(_onnx(lowered, example, dynamic=True)))
-    if target == "cuda" and (found := control_flow(graph.graph)):
+    if target == "cuda" and (found := control_flow_nodes(graph.graph)):
         raise SystemExit(f"the --target cuda graph holds control flow: {found}")
     forms = collections.Counter(layer.form for layer in report.lowered)
     text = ", ".join(f"{n} {f}" for f, n in sorted(forms.items())) + f"; {count_loops(graph)} loops"

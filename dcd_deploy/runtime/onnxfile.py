@@ -24,6 +24,21 @@ import onnx
 
 from ..errors import InputError
 
+CONTROL_FLOW = ("Loop", "If", "Scan")  # ONNX control-flow operators (CUDA graphs cannot capture them)
+
+
+def control_flow_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names (or op types) of every Loop, If and Scan node in ``graph`` and its subgraphs."""
+    found = []
+    for node in graph.node:
+        if node.op_type in CONTROL_FLOW:
+            found.append(node.name or node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found += control_flow_nodes(sub)
+    return found
+
+
 _ONNX_TO_NUMPY = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,

@@ -33,13 +33,12 @@ import onnx
 
 from ..errors import InputError, OutputError
 from ..reporting import umask_mode
-from ..runtime.onnxfile import read_onnx
+from ..runtime.onnxfile import CONTROL_FLOW, read_onnx
 
 TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                 onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT64: "TYPE_INT64",
                 onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT8: "TYPE_INT8",
                 onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
-CONTROL_FLOW = ("Loop", "If", "Scan")
 DEFAULT_MAX_BATCH = 16
 DEFAULT_QUEUE_DELAY_US = 2000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -70,6 +69,7 @@ def _tensors(model: onnx.ModelProto, inputs: bool) -> list[tuple[str, int, list[
 
 
 def control_flow_ops(model: onnx.ModelProto) -> list[str]:
+    """The control-flow operator types of the file's main graph (a Loop's body holds none without the Loop)."""
     return sorted({n.op_type for n in model.graph.node if n.op_type in CONTROL_FLOW})
 
 

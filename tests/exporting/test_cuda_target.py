@@ -25,8 +25,8 @@ from test_families_export import float64_bound, run_onnx
 from dcd_deploy.errors import InputError
 from dcd_deploy.exporting.pipeline import export
 from dcd_deploy.lowering import relative_error
+from dcd_deploy.runtime.onnxfile import control_flow_nodes
 
-CONTROL_FLOW = {"Loop", "If", "Scan"}
 TRACT_LIMIT_S = 120
 TRACT_RUN = textwrap.dedent('''
     import sys, numpy as np, tract
@@ -34,18 +34,6 @@ TRACT_RUN = textwrap.dedent('''
     for name in sys.argv[2:]:
         np.save(name + ".out.npy", model.run([np.load(name)])[0].to_numpy())
 ''')
-
-
-def control_flow_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Names (or op types) of every Loop, If and Scan node in ``graph`` and its subgraphs."""
-    found = []
-    for node in graph.node:
-        if node.op_type in CONTROL_FLOW:
-            found.append(node.name or node.op_type)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found += control_flow_nodes(sub)
-    return found
 
 
 def run_tract(path, inputs: list[np.ndarray], tmp_path) -> list[np.ndarray]:
